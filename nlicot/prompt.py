@@ -1,0 +1,75 @@
+"""The one prompt template and answer format, used by training, validation, test and predict alike.
+
+Token layout of one example (Mistral v3 instruct format, identical to mistral-common's encoding)::
+
+    <s> [INST] ▁Premise: … Hypothesis: … [/INST] ▁{"thought_process": "step 1: …", "predicted_label": 1} </s>
+    └──────────── prompt: labels = -100 ─────────┘ └──────────── answer: supervised ─────────────────────┘
+
+Special tokens are placed by id, never parsed out of text, so a premise that happens to contain ``[INST]``
+cannot forge a turn boundary, and the result does not depend on tokenizer ``legacy`` flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+INSTRUCTION = (
+    "Does the premise entail the hypothesis? Reason in three short steps, then answer in JSON with "
+    '"thought_process" and "predicted_label" (1 = entailment, 0 = no entailment).'
+)
+USER_TEMPLATE = "{instruction}\nPremise: {premise}\nHypothesis: {hypothesis}"
+
+
+def template_fingerprint() -> str:
+    """Changes whenever the template text changes, so cached tokenizations are invalidated."""
+    return hashlib.sha256((INSTRUCTION + "\0" + USER_TEMPLATE).encode()).hexdigest()[:16]
+
+
+def user_message(premise: str, hypothesis: str) -> str:
+    """The user turn's text."""
+    return USER_TEMPLATE.format(instruction=INSTRUCTION, premise=premise.strip(), hypothesis=hypothesis.strip())
+
+
+def answer_text(thought_process: str, label: int) -> str:
+    """The assistant turn: the JSON object the model learns to write (key order fixed: thought, then label)."""
+    return json.dumps({"thought_process": thought_process.strip(), "predicted_label": int(label)}, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids the template places by hand."""
+
+    bos: int
+    eos: int
+    inst: int
+    inst_end: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "SpecialIds":
+        inst, inst_end = tokenizer.convert_tokens_to_ids(["[INST]", "[/INST]"])
+        unk = tokenizer.unk_token_id
+        if inst in (None, unk) or inst_end in (None, unk):
+            raise ValueError("tokenizer has no [INST]/[/INST] control tokens: it is not a Mistral v3 tokenizer")
+        return cls(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, inst=inst, inst_end=inst_end)
+
+
+def wrap_prompt(ids: SpecialIds, user_ids: list[int]) -> list[int]:
+    """``<s>[INST] user [/INST]`` as ids."""
+    return [ids.bos, ids.inst, *user_ids, ids.inst_end]
+
+
+def encode_prompts(tokenizer, premises: list[str], hypotheses: list[str]) -> list[list[int]]:
+    """Prompt ids for many rows at once (the fast tokenizer batches in Rust)."""
+    ids = SpecialIds.of(tokenizer)
+    texts = [user_message(p, h) for p, h in zip(premises, hypotheses, strict=True)]
+    user = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [wrap_prompt(ids, u) for u in user]
+
+
+def encode_answers(tokenizer, thoughts: list[str], labels: list[int]) -> list[list[int]]:
+    """Answer ids (+ EOS) for many rows at once."""
+    eos = tokenizer.eos_token_id
+    texts = [answer_text(t, lab) for t, lab in zip(thoughts, labels, strict=True)]
+    return [a + [eos] for a in tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]]
