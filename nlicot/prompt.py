@@ -15,11 +15,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-INSTRUCTION = (
-    "Does the premise entail the hypothesis? Reason in three short steps, then answer in JSON with "
-    '"thought_process" and "predicted_label" (1 = entailment, 0 = no entailment).'
-)
-USER_TEMPLATE = "{instruction}\nPremise: {premise}\nHypothesis: {hypothesis}"
+# Short on purpose: every prompt token is paid for in every example, and a fine-tuned model needs a task marker,
+# not an essay. 30 tokens of overhead instead of 80 lifts 512-token packing from ~91 % to ~97 % (benchmarks/).
+INSTRUCTION = "Does the premise entail the hypothesis? Think in 3 steps, then answer in JSON (1 = entailment, 0 = not)."
+USER_TEMPLATE = "Premise: {premise}\nHypothesis: {hypothesis}\n{instruction}"
 
 
 def template_fingerprint() -> str:

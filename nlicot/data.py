@@ -1,0 +1,307 @@
+"""NLICoTDataModule: corpus rows → tokenized, filtered, packed, cached splits → resumable loaders.
+
+Order of work in :meth:`NLICoTDataModule.setup` (each step needs the one before):
+  rows (validated, file:line errors) → token ids via the one template (nlicot/prompt.py) → over-length filter
+  (dropped and counted, or an error) → packs (best-fit decreasing) → cached with `datasets` under a key of
+  (data content, tokenizer, template, max_length, packing) → loaders whose sampler knows accumulation and ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from nlicot import prompt
+from nlicot.corpus import CorpusError, load_rows, source_fingerprint
+from nlicot.packing import Example, PackBatchSampler, collate_packs, pack_examples
+from nlicot.tiny import cache_root, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+_HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of the full tokenizer definition, so a changed vocabulary or normaliser invalidates caches."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TokenizedSplit:
+    """One split after tokenization, filtering and packing; the arrays live in a memory-mapped Arrow table."""
+
+    examples: Any  # datasets.Dataset: id, label, source, prompt_ids, answer_ids, thought_tokens
+    packs: list[list[int]]  # example indices per training row
+    stats: dict[str, Any]
+
+    def row(self, r: int) -> list[Example]:
+        rows = self.examples[self.packs[r]]
+        return [Example(p, a) for p, a in zip(rows["prompt_ids"], rows["answer_ids"], strict=True)]
+
+    def row_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens per row and supervised tokens per row (what the sampler groups and normalises by)."""
+        total = np.asarray(self.examples["total_tokens"])
+        answer = np.asarray(self.examples["answer_tokens"])
+        return (np.array([total[p].sum() for p in self.packs]), np.array([answer[p].sum() for p in self.packs]))
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    q = np.percentile(values, [0, 25, 50, 75, 95, 100])
+    return dict(zip(("min", "p25", "median", "p75", "p95", "max"), map(float, q), strict=True)) | {
+        "mean": float(values.mean())
+    }
+
+
+def build_split(
+    source: str,
+    split: str,
+    tokenizer,
+    max_length: int,
+    packing: bool,
+    on_overlength: str,
+    columns: dict[str, str] | None,
+) -> TokenizedSplit:
+    """Read, validate, tokenize, filter and pack one split (no cache here: see :func:`load_split`)."""
+    import datasets
+
+    rows = load_rows(source, split=_HF_SPLIT[split], columns=columns)
+    prompts = prompt.encode_prompts(tokenizer, [r["premise"] for r in rows], [r["hypothesis"] for r in rows])
+    answers = prompt.encode_answers(tokenizer, [r["thought_process"] for r in rows], [r["label"] for r in rows])
+    thoughts = tokenizer([r["thought_process"] for r in rows], add_special_tokens=False)["input_ids"]
+    totals = np.array([len(p) + len(a) for p, a in zip(prompts, answers, strict=True)])
+    too_long = np.flatnonzero(totals > max_length)
+    if len(too_long) and on_overlength == "error":
+        listed = ", ".join(f"{rows[i]['where']} (id {rows[i]['id']}, {totals[i]} tokens)" for i in too_long[:10])
+        raise CorpusError(
+            f"{len(too_long)} example(s) in {source} exceed data.max_length={max_length} tokens: {listed}. "
+            "Set data.on_overlength=drop to skip them."
+        )
+    keep = np.flatnonzero(totals <= max_length)
+    if len(keep) == 0:
+        raise CorpusError(f"{source}: every example is longer than data.max_length={max_length}")
+    examples = datasets.Dataset.from_dict(
+        {
+            "id": [rows[i]["id"] for i in keep],
+            "label": [rows[i]["label"] for i in keep],
+            "source": [rows[i]["source"] for i in keep],
+            "prompt_ids": [prompts[i] for i in keep],
+            "answer_ids": [answers[i] for i in keep],
+            "prompt_tokens": [len(prompts[i]) for i in keep],
+            "answer_tokens": [len(answers[i]) for i in keep],
+            "thought_tokens": [len(thoughts[i]) for i in keep],
+            "total_tokens": totals[keep].tolist(),
+        }
+    )
+    lengths = totals[keep]
+    packs = pack_examples(lengths.tolist(), max_length) if packing else [[i] for i in range(len(keep))]
+    labels = np.array([rows[i]["label"] for i in keep])
+    stats = {
+        "source": source,
+        "examples": int(len(keep)),
+        "rows_read": len(rows),
+        "dropped": {"over_max_length": int(len(too_long))},
+        "dropped_ids": [rows[i]["id"] for i in too_long[:50]],
+        "labels": {"entailment": int((labels == 1).sum()), "no_entailment": int((labels == 0).sum())},
+        "sources": {s: int(n) for s, n in zip(*np.unique(examples["source"], return_counts=True), strict=True)},
+        "tokens": {
+            "prompt": _quantiles(np.asarray(examples["prompt_tokens"])),
+            "thought": _quantiles(np.asarray(examples["thought_tokens"])),
+            "total": _quantiles(lengths),
+        },
+        "rows": len(packs),
+        "packing_efficiency": float(lengths.sum() / (len(packs) * max_length)),
+    }
+    return TokenizedSplit(examples, packs, stats)
+
+
+def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use_cache: bool = True) -> TokenizedSplit:
+    """:func:`build_split` behind a content-addressed cache: unchanged data and settings load at once.
+
+    The key covers the file's bytes, the tokenizer, the template text and every setting that changes the
+    result; the folder is written to a temporary name and renamed, so a crash never leaves a half cache.
+    """
+    import datasets
+
+    key_src = json.dumps(
+        [CACHE_VERSION, source_fingerprint(source), tokenizer_fingerprint(tokenizer), prompt.template_fingerprint(),
+         split, settings], sort_keys=True, default=str,
+    )
+    folder = cache_root() / "data" / hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    if use_cache and (folder / "packs.json").is_file():
+        meta = json.loads((folder / "packs.json").read_text())
+        return TokenizedSplit(datasets.load_from_disk(str(folder / "examples")), meta["packs"], meta["stats"])
+    result = build_split(source, split, tokenizer, **settings)
+    if use_cache:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+        try:
+            result.examples.save_to_disk(str(tmp / "examples"))
+            (tmp / "packs.json").write_text(json.dumps({"packs": result.packs, "stats": result.stats}))
+            if not folder.exists():  # else a concurrent run already wrote the same content
+                os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result = TokenizedSplit(datasets.load_from_disk(str(folder / "examples")), result.packs, result.stats)
+    return result
+
+
+class _RowDataset(torch.utils.data.Dataset):
+    """Indexed by ``(row, window_tokens)`` from :class:`PackBatchSampler`; returns the row's examples + tag."""
+
+    def __init__(self, split: TokenizedSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.packs)
+
+    def __getitem__(self, index: tuple[int, int]) -> tuple[list[Example], int]:
+        row, window_tokens = index
+        return self.split.row(row), window_tokens
+
+
+class _Collate:
+    """Picklable collate (worker processes): packs → batch tensors + the window's supervised-token count."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int) -> None:
+        self.pad_id, self.pad_to_multiple_of = pad_id, pad_to_multiple_of
+
+    def __call__(self, items: list[tuple[list[Example], int]]) -> dict[str, torch.Tensor]:
+        batch = collate_packs([packs for packs, _ in items], self.pad_id, self.pad_to_multiple_of)
+        batch["window_tokens"] = torch.tensor(items[0][1])
+        return batch
+
+
+class NLICoTDataModule(L.LightningDataModule):
+    """The NLI chain-of-thought corpus as packed, example-isolated, mid-epoch-resumable batches."""
+
+    def __init__(
+        self,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        tokenizer: str = "tiny",
+        max_length: int = 512,
+        packing: bool = True,
+        micro_batch_size: int = 4,
+        group_by_length: bool = True,
+        on_overlength: Literal["drop", "error"] = "drop",
+        columns: dict[str, str] | None = None,
+        pad_to_multiple_of: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+        cache: bool = True,
+    ) -> None:
+        """
+        Args:
+            train_path: corpus for fit: a .jsonl/.csv file, a saved `datasets` folder, or a dataset name
+                (``name#split`` picks a split).
+            val_path: corpus for validation (teacher-forced loss and token accuracy; generation metrics too
+                when the model asks for them).
+            test_path: corpus for ``test``.
+            predict_path: premise/hypothesis rows (label optional) for ``predict``.
+            tokenizer: tokenizer name or folder; linked to ``model.model_name_or_path`` by the CLI.
+            max_length: tokens per packed row; no example is ever cut to fit it.
+            packing: pack several examples per row (isolated by masks and positions); false = one per row.
+            micro_batch_size: rows per micro-batch on each device.
+            group_by_length: batch rows of similar length together (order still shuffled) to cut padding.
+            on_overlength: what to do with an example longer than max_length: drop it (counted and reported)
+                or stop with an error naming it.
+            columns: map our field names to your columns, e.g. ``{label: gold, thought_process: cot}``.
+            pad_to_multiple_of: rows are padded to the batch's longest row rounded up to this.
+            num_workers: loader worker processes.
+            seed: data order seed; the order of epoch e depends on (seed, e) only.
+            cache: cache tokenized and packed splits (keyed by content and settings).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.splits: dict[str, TokenizedSplit] = {}
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.hparams.tokenizer)
+        return self._tokenizer
+
+    def _settings(self) -> dict[str, Any]:
+        h = self.hparams
+        return dict(max_length=h.max_length, packing=h.packing, on_overlength=h.on_overlength, columns=h.columns)
+
+    def _wanted(self, stage: str | None) -> list[str]:
+        return {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": []}.get(stage or "", SPLITS)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self._wanted(stage):
+            source = getattr(self.hparams, f"{split}_path")
+            if source is None:
+                if split == "train" or (split == "test" and stage == "test") or (split == "val" and stage == "validate"):
+                    raise CorpusError(f"data.{split}_path is not set; stage {stage!r} needs it")
+                continue
+            if split not in self.splits:
+                self.splits[split] = load_split(source, split, self.tokenizer, self._settings(), self.hparams.cache)
+                self._report(split)
+
+    def _report(self, split: str) -> None:
+        s = self.splits[split].stats
+        tok = s["tokens"]["total"]
+        log.info(
+            "%s: %d examples (%d entailment / %d not), %d dropped over max_length, %d rows, packing %.1f %%, "
+            "tokens per example median %.0f max %.0f",
+            split, s["examples"], s["labels"]["entailment"], s["labels"]["no_entailment"],
+            s["dropped"]["over_max_length"], s["rows"], 100 * s["packing_efficiency"], tok["median"], tok["max"],
+        )
+
+    def _loader(self, split: str, train: bool) -> StatefulDataLoader:
+        data = self.splits[split]
+        lengths, label_tokens = data.row_lengths()
+        trainer = self.trainer
+        sampler = PackBatchSampler(
+            lengths,
+            label_tokens,
+            micro_batch_size=self.hparams.micro_batch_size,
+            accumulate=trainer.accumulate_grad_batches if (train and trainer) else 1,
+            shuffle=train,
+            group_by_length=self.hparams.group_by_length,
+            seed=self.hparams.seed,
+            world_size=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+        return StatefulDataLoader(
+            _RowDataset(data),
+            batch_sampler=sampler,
+            collate_fn=_Collate(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of),
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader | list:
+        return self._loader("val", train=False) if "val" in self.splits else []
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self._loader("test", train=False)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-split statistics (counts, label balance, token quantiles, drops, packing efficiency)."""
+        return {split: data.stats for split, data in self.splits.items()}

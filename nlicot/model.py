@@ -1,0 +1,320 @@
+"""NLICoTModule: a 4-bit NF4 Mistral with a LoRA adapter, trained on packed answer-only tokens.
+
+What it guarantees, and where:
+* loss = mean over every supervised token of an optimizer step, across micro-batches and ranks
+  (:meth:`training_step`; the sampler tags each batch with its window's token count);
+* packed examples never see each other (:meth:`_attention_inputs`; refused at start if the attention path
+  cannot isolate them, checked on every step that masks and positions reach the decoder);
+* checkpoints hold the adapter, optimizer, scheduler plan, loader position and RNG states — never the frozen
+  base (:meth:`on_save_checkpoint`), so a resumed run repeats an unbroken one exactly.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from nlicot.packing import IGNORE_INDEX, block_causal_mask
+from nlicot.schedule import WarmupCosine
+from nlicot.tiny import load_tokenizer, resolve_model_path
+
+#: Attention implementations that can keep packed examples apart, and how.
+ISOLATING = {"sdpa": "bool 4-D mask", "eager": "additive 4-D mask", "flash_attention_2": "position_ids (varlen)",
+             "flash_attention_3": "position_ids (varlen)"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf: training stops; the last checkpoint written before it stays usable."""
+
+
+class PackingIsolationError(RuntimeError):
+    """Packing is on but the model would let packed examples attend to each other."""
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 where the GPU supports it, else fp32 (bf16 matmuls on a CPU are slow, not just imprecise)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+class NLICoTModule(L.LightningModule):
+    """QLoRA fine-tuning of a causal LM to write a 3-step thought and a JSON NLI label."""
+
+    def __init__(
+        self,
+        model_name_or_path: str = "tiny",
+        quantization: Literal["nf4", "none"] = "nf4",
+        double_quant: bool = True,
+        compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto",
+        attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "auto",
+        gradient_checkpointing: bool = True,
+        lora_r: int = 32,
+        lora_alpha: int = 64,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"],  # noqa: B006 (jsonargparse default)
+        optimizer: Literal["auto", "adamw", "paged_adamw_8bit"] = "auto",
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 150,
+        min_lr_ratio: float = 0.0,
+        rewarm_on_extend: bool = False,
+        packing: bool = True,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: hub id (e.g. mistralai/Mistral-7B-v0.3), local folder, or ``tiny`` (offline).
+            quantization: ``nf4`` = bitsandbytes 4-bit NF4 base (QLoRA); ``none`` = base in compute dtype.
+            double_quant: also quantize the quantization constants (saves ~0.4 bit/param).
+            compute_dtype: dtype of the 4-bit matmuls and activations; ``auto`` = bf16 on GPU, fp32 on CPU.
+            attn_implementation: ``auto`` = flash_attention_2 if installed and on GPU, else sdpa.
+            gradient_checkpointing: recompute activations in backward (less memory, ~30 % more compute).
+            lora_r: LoRA rank.
+            lora_alpha: LoRA scaling numerator (scale = alpha / r).
+            lora_dropout: dropout on the LoRA input.
+            target_modules: linear layers that get an adapter.
+            optimizer: ``auto`` = paged 8-bit AdamW where CUDA exists, else AdamW.
+            learning_rate: peak LR reached after warmup.
+            weight_decay: AdamW decoupled weight decay on the adapter.
+            betas: AdamW betas.
+            warmup_steps: optimizer steps of linear warmup from 0 to the peak (a count, never a ratio).
+            min_lr_ratio: cosine floor as a fraction of the peak, reached at the last step.
+            rewarm_on_extend: when a resumed run has a longer horizon, warm up again instead of continuing.
+            packing: set by the CLI from ``data.packing``; makes the module refuse non-isolating attention.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = None
+        self.tokenizer = None
+        self.strict_loading = False  # checkpoints hold the adapter only; completeness is checked by hand
+        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
+        self._window: dict[str, torch.Tensor | float] = {}
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._decoder_saw: dict[str, Any] = {}
+        self._last_step_time: float | None = None
+
+    # ------------------------------------------------------------------ model
+    def _attn_impl(self) -> str:
+        impl = self.hparams.attn_implementation
+        if impl != "auto":
+            return impl
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2" if torch.cuda.is_available() else "sdpa"
+        except ImportError:
+            return "sdpa"
+
+    def configure_model(self) -> None:
+        """Load the base on this rank's device (QLoRA + DDP: each rank holds its own 4-bit copy), add LoRA."""
+        if self.model is not None:
+            return
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        h = self.hparams
+        impl = self._attn_impl()
+        if h.packing and impl not in ISOLATING:
+            raise PackingIsolationError(
+                f"model.attn_implementation={impl!r} cannot keep packed examples apart; use one of "
+                f"{', '.join(ISOLATING)} or set data.packing=false"
+            )
+        dtype = resolve_dtype(h.compute_dtype)
+        quant = None
+        if h.quantization == "nf4":
+            quant = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=h.double_quant,
+                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_quant_storage=dtype if dtype != torch.float32 else torch.uint8,
+            )
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        path = resolve_model_path(h.model_name_or_path)
+        base = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=dtype, attn_implementation=impl, device_map={"": device}
+        )
+        base.config.use_cache = False
+        gc_kwargs = {"use_reentrant": False}
+        if quant is not None:
+            base = prepare_model_for_kbit_training(
+                base, use_gradient_checkpointing=h.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+            )
+        elif h.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+            base.enable_input_require_grads()
+        lora = LoraConfig(
+            r=h.lora_r, lora_alpha=h.lora_alpha, lora_dropout=h.lora_dropout,
+            target_modules=list(h.target_modules), bias="none", task_type="CAUSAL_LM",
+        )
+        self.model = get_peft_model(base, lora)
+        self.tokenizer = load_tokenizer(h.model_name_or_path)
+        self.model.get_base_model().get_decoder().register_forward_pre_hook(self._record_decoder_inputs, with_kwargs=True)
+
+    def _record_decoder_inputs(self, module, args, kwargs) -> None:
+        mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        self._decoder_saw = {"mask_dim": None if mask is None else mask.dim(), "positions": pos is not None}
+
+    # ------------------------------------------------------------------ loss
+    def _attention_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-example isolation for the attention path in use (see nlicot/packing.py)."""
+        impl = self.model.get_base_model().config._attn_implementation
+        if impl.startswith("flash_attention"):
+            return {"position_ids": batch["position_ids"]}  # varlen: positions restart = new sequence
+        dtype = None if impl == "sdpa" else resolve_dtype(self.hparams.compute_dtype)
+        return {"position_ids": batch["position_ids"], "attention_mask": block_causal_mask(batch["segment_ids"], dtype)}
+
+    def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy, correct argmax count and count over the supervised (answer) tokens.
+
+        The LM head runs on supervised positions only: prompts and padding (a third of a packed row)
+        never get 32,768-way logits.
+        """
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], **self._attention_inputs(batch)).last_hidden_state
+        if self.hparams.packing:
+            self._check_isolation()
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        chosen = targets[keep]
+        ce = F.cross_entropy(logits, chosen, reduction="sum")
+        correct = (logits.detach().argmax(-1) == chosen).sum()
+        return ce, correct, keep.sum()
+
+    def _check_isolation(self) -> None:
+        saw = self._decoder_saw
+        flash = self.model.get_base_model().config._attn_implementation.startswith("flash_attention")
+        if not saw.get("positions") or (not flash and saw.get("mask_dim") != 4):
+            raise PackingIsolationError(f"packing is on but the decoder received {saw}: examples would leak")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        ce, _, n = self.token_losses(batch)
+        if not torch.isfinite(ce):
+            raise NonFiniteLossError(
+                f"loss is {ce.item()} at optimizer step {self.global_step} (batch {batch_idx}); training stopped. "
+                "The last checkpoint was written before this and is usable: lower model.learning_rate or check data."
+            )
+        w = self._window
+        w["ce"] = w.get("ce", 0.0) + ce.detach()
+        w["real"] = w.get("real", 0) + int(batch["num_real_tokens"])
+        w["slots"] = w.get("slots", 0) + batch["input_ids"].numel()
+        w["tokens"] = int(batch["window_tokens"])
+        # Lightning divides by accumulate_grad_batches and DDP averages over ranks; undo both so the gradient
+        # is d(sum of CE over the window, all ranks) / (supervised tokens in the window, all ranks).
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return ce * scale / batch["window_tokens"].clamp(min=1)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # first step after a resume: continue the saved random streams
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self._last_step_time is None:
+            self._last_step_time = time.perf_counter()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer step, after all micro-batches' backward: log the step's true figures."""
+        w, self._window = self._window, {}
+        strategy = self.trainer.strategy
+        ce = strategy.reduce(torch.as_tensor(w.get("ce", 0.0), device=self.device, dtype=torch.float32), reduce_op="sum")
+        tokens = w.get("tokens", 0)
+        real = strategy.reduce(torch.tensor(float(w.get("real", 0)), device=self.device), reduce_op="sum")
+        slots = strategy.reduce(torch.tensor(float(w.get("slots", 0)), device=self.device), reduce_op="sum")
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        now = time.perf_counter()
+        elapsed = max(now - (self._last_step_time or now), 1e-9)
+        self._last_step_time = now
+        self.log_dict(
+            {
+                "train/loss": ce / max(tokens, 1),
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0),
+                "train/tokens_per_sec": real / elapsed,
+                "train/packing_efficiency": real / slots.clamp(min=1),
+            },
+            on_step=True, on_epoch=False,
+        )
+        self.log("loss", ce / max(tokens, 1), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------------ eval
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        ce, correct, n = self.token_losses(batch)
+        n = n.clamp(min=1)
+        self.val_loss.update(ce / n, weight=n)
+        self.val_acc.update(correct / n, weight=n)
+        self.log(f"{stage}/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/token_accuracy", self.val_acc, on_step=False, on_epoch=True)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        kind = h.optimizer
+        if kind == "auto":
+            kind = "paged_adamw_8bit" if torch.cuda.is_available() else "adamw"
+        if kind == "paged_adamw_8bit":
+            import bitsandbytes as bnb
+
+            opt = bnb.optim.PagedAdamW8bit(params, lr=h.learning_rate, betas=h.betas, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=h.learning_rate, betas=h.betas, weight_decay=h.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = WarmupCosine(opt, h.warmup_steps, total, h.min_lr_ratio, rewarm=h.rewarm_on_extend)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: the LoRA weights (the 4-bit base is reloaded from its source)."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.adapter_state_dict()
+        checkpoint["nlicot"] = {"rng": _get_rng_state(), "base_model": self.hparams.model_name_or_path}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model is None:
+            self.configure_model()
+        missing = set(self.adapter_state_dict()) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]}): it was made with "
+                "other LoRA settings (r, target_modules) or another base model"
+            )
+        self._rng_to_restore = checkpoint.get("nlicot", {}).get("rng")
+
+
+def _get_rng_state() -> dict[str, Any]:
+    """Every random stream a training step draws from (dropout, LoRA dropout, numpy/python in user code)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,187 @@
+"""Packing tokenized examples into fixed-capacity rows, and the collator that builds isolated packed batches.
+
+A packed row of three examples (``P`` prompt, ``A`` answer, ``-`` padding), capacity 16::
+
+    tokens     P P A A A | P A A A A | P P P A A | - -      (- = pad, only to the batch's longest row)
+    labels     ¬ ¬ A A A | ¬ A A A A | ¬ ¬ ¬ A A | ¬ ¬      (¬ = -100: prompts, padding)
+    positions  0 1 2 3 4 | 0 1 2 3 4 | 0 1 2 3 4 | 0 1      (restart per example: RoPE sees each alone)
+    segments   0 0 0 0 0 | 1 1 1 1 1 | 2 2 2 2 2 | 3 3      (attention is causal *within* a segment only)
+
+Every example starts with a masked prompt, so the shifted loss never asks one example to predict the next one's
+first token. Padding is a segment of its own so no attention row is empty (an all-masked row is NaN in sdpa).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pack_examples(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group example indices into packs of total length <= ``capacity``: best-fit decreasing.
+
+    Longest example first, each into the pack whose free room it fills most tightly. Deterministic (ties broken
+    by index). For NLI lengths (a quarter to half a row) BFD is within a hair of the lower bound; a minimum-slack
+    subset-sum packer measured no better (notes in benchmarks/packing.py). The remaining padding is removed at
+    batch level instead (:class:`PackBatchSampler` groups packs of similar fill). Lengths must be in 1..capacity.
+    """
+    if any(n > capacity or n <= 0 for n in lengths):
+        raise ValueError(f"every length must be in 1..{capacity}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # sorted (room left, pack index)
+    packs: list[list[int]] = []
+    for i in order:
+        j = bisect.bisect_left(free, (lengths[i], -1))
+        if j < len(free):
+            room, p = free.pop(j)
+        else:
+            room, p = capacity, len(packs)
+            packs.append([])
+        packs[p].append(i)
+        bisect.insort(free, (room - lengths[i], p))
+    return packs
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized example: prompt ids then answer ids (the answer is what the loss sees)."""
+
+    prompt_ids: Sequence[int]
+    answer_ids: Sequence[int]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Build one batch from packs (a pack is a list of examples; unpacked training uses packs of one).
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` and ``segment_ids`` (B×L, L = longest row rounded up to
+    ``pad_to_multiple_of``), plus ``num_label_tokens`` and ``num_real_tokens`` (scalars) for loss normalisation
+    and the packing-efficiency log.
+    """
+    rows = [sum(len(e) for e in pack) for pack in packs]
+    width = math.ceil(max(rows) / pad_to_multiple_of) * pad_to_multiple_of
+    shape = (len(packs), width)
+    input_ids = np.full(shape, pad_id, dtype=np.int64)
+    labels = np.full(shape, IGNORE_INDEX, dtype=np.int64)
+    positions = np.zeros(shape, dtype=np.int64)
+    segments = np.zeros(shape, dtype=np.int64)
+    for r, pack in enumerate(packs):
+        start = 0
+        for s, ex in enumerate(pack):
+            n_prompt, n = len(ex.prompt_ids), len(ex)
+            input_ids[r, start : start + n_prompt] = ex.prompt_ids
+            input_ids[r, start + n_prompt : start + n] = ex.answer_ids
+            labels[r, start + n_prompt : start + n] = ex.answer_ids
+            positions[r, start : start + n] = np.arange(n)
+            segments[r, start : start + n] = s
+            start += n
+        positions[r, start:] = np.arange(width - start)
+        segments[r, start:] = len(pack)
+    batch = {k: torch.from_numpy(v) for k, v in
+             dict(input_ids=input_ids, labels=labels, position_ids=positions, segment_ids=segments).items()}
+    # Shifted targets are what the loss counts: a label at position 0 of a row can never be predicted.
+    batch["num_label_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    batch["num_real_tokens"] = torch.tensor(sum(rows))
+    return batch
+
+
+def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A B×1×L×L mask letting token i see token j only if j <= i and both lie in the same segment.
+
+    ``dtype=None`` gives a bool mask (True = attend), which sdpa takes; a float dtype gives the additive form
+    (0 / dtype min) that the eager path needs, since eager treats a bool 4-D mask wrongly (checked).
+    """
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    length = segment_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = same & causal
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Shuffles rows per epoch into this rank's micro-batches; each index is tagged with its window's tokens.
+
+    Rows are packs (or single examples when packing is off). With ``group_by_length`` the shuffled rows are cut
+    into mega-batches of ``mega_batches`` global micro-batches, sorted by length inside each, sliced, and the
+    micro-batches shuffled again: batch order stays random while each batch is padded only to rows of similar
+    length (the collator pads to the longest row of the batch).
+
+    Why the tag: the loss of an optimizer step must be the mean over *all* its supervised tokens, across the
+    ``accumulate`` micro-batches and all ranks. Only the sampler knows the whole window in advance, so every
+    yielded index is ``(row index, supervised tokens in this optimizer step, all ranks together)``.
+    Deterministic in (seed, epoch): a resumed loader re-creates the same order and skips what was consumed.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        label_tokens: Sequence[int],
+        micro_batch_size: int,
+        accumulate: int = 1,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+        mega_batches: int = 32,
+        seed: int = 0,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.label_tokens = np.asarray(label_tokens, dtype=np.int64)
+        self.micro_batch_size = micro_batch_size
+        self.accumulate = max(1, accumulate)
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.mega_batches = mega_batches
+        self.seed = seed
+        self.world_size = world_size
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every epoch."""
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[np.ndarray]:
+        """Row indices per global micro-step. A last step too small to give every rank a row is dropped
+        (at most world_size - 1 rows, different ones each epoch)."""
+        n = len(self.lengths)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        step = self.micro_batch_size * self.world_size
+        if self.group_by_length:
+            mega = step * self.mega_batches
+            order = np.concatenate(
+                [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.split(order, range(mega, n, mega))]
+            ) if n else order
+        batches = [order[i : i + step] for i in range(0, n, step)]
+        if batches and len(batches[-1]) < self.world_size:
+            batches.pop()
+        if self.shuffle and self.group_by_length:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batches = self._global_batches()
+        for w in range(0, len(batches), self.accumulate):
+            window = batches[w : w + self.accumulate]
+            tokens = int(sum(self.label_tokens[b].sum() for b in window))
+            for b in window:
+                yield [(int(i), tokens) for i in np.array_split(b, self.world_size)[self.rank]]
+
+    def __len__(self) -> int:
+        n, step = len(self.lengths), self.micro_batch_size * self.world_size
+        full, rest = divmod(n, step)
+        return full + (1 if rest >= self.world_size else 0)
