@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar  # noqa: F401
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
@@ -49,10 +49,13 @@ class NLICoTCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs):
-        """Every run writes checkpoints atomically, next to whatever plugins the config adds."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
-        kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
+        config = self._get(self.config_init, "trainer", default={})
+        kwargs["plugins"] = [*_as_list(config.get("plugins")), AtomicCheckpointIO()]
+        callbacks = [*_as_list(config.get("callbacks")), AdapterExport()]
+        if config.get("enable_progress_bar") is not False:
+            callbacks.append(RichProgressBar())
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
@@ -68,6 +71,10 @@ class NLICoTCLI(LightningCLI):
             raise UsageError(f"--ckpt_path last: there is no {ckpt_dir / 'last.ckpt'} to resume from")
 
 
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -79,7 +86,6 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults={
                 "log_every_n_steps": 1,
                 "use_distributed_sampler": False,  # our sampler shards by rank and knows accumulation
-                "callbacks": [AdapterExport(), RichProgressBar()],
             },
         )
     except (CorpusError, PackingIsolationError, NonFiniteLossError, UsageError) as e:

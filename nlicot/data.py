@@ -235,6 +235,8 @@ class NLICoTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.splits: dict[str, TokenizedSplit] = {}
         self._tokenizer = None
+        self._train_sampler: PackBatchSampler | None = None
+        self._resume_position: dict[str, int] | None = None
 
     @property
     def tokenizer(self):
@@ -285,6 +287,13 @@ class NLICoTDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
+        if train and trainer:
+            sampler.progress = lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if train:
+            self._train_sampler = sampler
+            if self._resume_position is not None:
+                sampler.load_state_dict(self._resume_position)
+                self._resume_position = None
         return StatefulDataLoader(
             _RowDataset(data),
             batch_sampler=sampler,
@@ -292,6 +301,19 @@ class NLICoTDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train position (epoch, micro-batches consumed), saved in every checkpoint.
+
+        Why here and not only in the loader's state: Lightning 2.6 applies saved loader states only to a loader
+        created after the loop state is restored, but the scheduler needs the loader earlier
+        (``estimated_stepping_batches``), so the loader state would be silently dropped and the epoch replayed.
+        The data module is restored before any loader exists; applying the same position twice is harmless.
+        """
+        return {"train_position": self._train_sampler.state_dict()} if self._train_sampler else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", train=True)

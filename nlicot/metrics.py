@@ -70,7 +70,8 @@ class NLIMetrics(Metric):
                 raise ValueError(f"{name} must hold only {allowed}, got {bad[0]!r}")
         if any(int(n) < 0 for n in thought_tokens):
             raise ValueError("thought_tokens must be >= 0")
-        self.preds.append(torch.tensor([FAILED if p is None else p for p in preds], dtype=torch.long, device=self.device))
+        codes = [FAILED if p is None else p for p in preds]
+        self.preds.append(torch.tensor(codes, dtype=torch.long, device=self.device))
         self.target.append(torch.tensor(list(target), dtype=torch.long, device=self.device))
         self.thought_tokens.append(torch.tensor(list(thought_tokens), dtype=torch.long, device=self.device))
 
@@ -139,7 +140,7 @@ def _nan_to_none(x: float) -> float | None:
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as pretty JSON atomically: readers never see a half-written file."""
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    return atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def confusion_matrix_figure(result: dict[str, Tensor]):
@@ -187,11 +188,11 @@ def write_figures(result: dict[str, Tensor], out_dir: str | Path) -> dict[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
-        _atomic_write(out / f"{name}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
+        atomic_write(out / f"{name}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
     return figures
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Write through a temp file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

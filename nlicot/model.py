@@ -143,6 +143,12 @@ class NLICoTModule(L.LightningModule):
             path, quantization_config=quant, dtype=dtype, attn_implementation=impl, device_map={"": device}
         )
         base.config.use_cache = False
+        for module in base.modules():
+            # bitsandbytes silently repacks 4-bit weights into a bf16-only CPU kernel format the first time a
+            # layer runs in eval mode without grad. Numbers then differ (~3e-3 in loss) between a run that
+            # validated and one that did not, which breaks exact resume; keep one fp32 path on the CPU.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
         gc_kwargs = {"use_reentrant": False}
         if quant is not None:
             base = prepare_model_for_kbit_training(
@@ -279,8 +285,7 @@ class NLICoTModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what training changes: the LoRA weights (the 4-bit base is reloaded from its source)."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in trainable}
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.adapter_state_dict()

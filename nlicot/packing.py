@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +122,11 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     Why the tag: the loss of an optimizer step must be the mean over *all* its supervised tokens, across the
     ``accumulate`` micro-batches and all ranks. Only the sampler knows the whole window in advance, so every
     yielded index is ``(row index, supervised tokens in this optimizer step, all ranks together)``.
-    Deterministic in (seed, epoch): a resumed loader re-creates the same order and skips what was consumed.
+    Resumable: deterministic in (seed, epoch), and ``state_dict`` records the epoch and how many micro-batches
+    were *consumed*; torchdata's StatefulDataLoader saves that and restores it instead of fast-forwarding.
+    Under a Trainer the data module sets ``progress`` to Lightning's own counters (current epoch, batches
+    processed in it): Lightning never calls ``set_epoch`` on a *batch* sampler, and it fetches one batch
+    ahead, so neither the sampler's epoch nor its yield count can be trusted there.
     """
 
     def __init__(
@@ -149,9 +153,12 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         self.world_size = world_size
         self.rank = rank
         self.epoch = 0
+        self.progress: Callable[[], tuple[int, int]] | None = None
+        self._yielded = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at the start of every epoch."""
+        """For use outside a Trainer (a Trainer's epoch comes through ``progress``)."""
         self.epoch = epoch
 
     def _global_batches(self) -> list[np.ndarray]:
@@ -173,13 +180,26 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
+    def state_dict(self) -> dict[str, int]:
+        epoch, position = self.progress() if self.progress else (self.epoch, self._yielded)
+        return {"epoch": epoch, "position": position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self._skip = state["epoch"], state["position"]
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.progress:
+            epoch = self.progress()[0]
+            if epoch != self.epoch:  # a resume position belongs to its own epoch only
+                self.epoch, self._skip = epoch, 0
         batches = self._global_batches()
-        for w in range(0, len(batches), self.accumulate):
+        start, self._skip = self._skip, 0
+        for position in range(start, len(batches)):
+            w = position - position % self.accumulate
             window = batches[w : w + self.accumulate]
             tokens = int(sum(self.label_tokens[b].sum() for b in window))
-            for b in window:
-                yield [(int(i), tokens) for i in np.array_split(b, self.world_size)[self.rank]]
+            self._yielded = position + 1
+            yield [(int(i), tokens) for i in np.array_split(batches[position], self.world_size)[self.rank]]
 
     def __len__(self) -> int:
         n, step = len(self.lengths), self.micro_batch_size * self.world_size

@@ -30,16 +30,14 @@ _THOUGHT_KEYS = ("thought_process", "thoughtprocess", "thought", "thoughts", "re
 _LABEL_WORDS = {
     "1": 1, "true": 1, "entailment": 1, "entailed": 1, "entails": 1,
     "0": 0, "false": 0, "contradiction": 0, "neutral": 0,
-    "no entailment": 0, "not entailment": 0, "non entailment": 0, "not entailed": 0, "no entail": 0,
+    "no entailment": 0, "not entailment": 0, "non entailment": 0, "not entailed": 0,
 }  # fmt: skip
 
 _DECODER = json.JSONDecoder(strict=False)
 # A quoted key (not an escaped quote inside a JSON string), then ':' or '='; group 2 is the key itself.
 _KEY = r"(?<!\\)([\"'])\s*({names})\s*\1\s*[:=]\s*"
 _LABEL_KEY_RE = re.compile(_KEY.format(names=r"predicted[ _-]?label|label|prediction"), re.IGNORECASE)
-_THOUGHT_KEY_RE = re.compile(
-    _KEY.format(names=r"thought[ _-]?process|thoughts?|reasoning"), re.IGNORECASE
-)
+_THOUGHT_KEY_RE = re.compile(_KEY.format(names=r"thought[ _-]?process|thoughts?|reasoning"), re.IGNORECASE)
 # What may follow the closing quote of a string value: another quoted key, or the end of the object.
 _AFTER_VALUE_RE = re.compile(r"\s*(?:,?\s*[\"'][^\"'\n]{1,40}[\"']\s*:|,?\s*})")
 _BARE_VALUE_RE = re.compile(r"[^,}\n]*")

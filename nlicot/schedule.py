@@ -41,7 +41,9 @@ class Plan:
         if step < self.anchor:
             span = self.anchor - self.warm_start + 1  # +1: step 0 already trains (nanoGPT's convention)
             return self.warm_from + (1.0 - self.warm_from) * (step - self.warm_start + 1) / span
-        progress = min(1.0, (step - self.anchor) / max(1, self.total - self.anchor))
+        if self.total <= self.anchor:  # warmup as long as the run: nothing left to decay over
+            return self.floor
+        progress = min(1.0, (step - self.anchor) / (self.total - self.anchor))
         return self.floor + (self.anchor_factor - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def extended(self, step: int, total: int, warmup_steps: int, rewarm: bool) -> "Plan":

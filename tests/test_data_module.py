@@ -1,0 +1,108 @@
+"""NLICoTDataModule: cached tokenization, over-length policy, statistics, and a loader that resumes mid-epoch."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nlicot.corpus import CorpusError
+from nlicot.data import NLICoTDataModule
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLICOT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def module(repo, **kw) -> NLICoTDataModule:
+    dm = NLICoTDataModule(train_path=str(repo / "data/demo/train.jsonl"), val_path=str(repo / "data/demo/val.jsonl"),
+                          micro_batch_size=2, **kw)
+    return dm
+
+
+def test_cache_hit_and_invalidation(repo, cache, tokenizer, monkeypatch, tmp_path):
+    import nlicot.data as data
+
+    calls = []
+    real = data.build_split
+    monkeypatch.setattr(data, "build_split", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(data, "load_tokenizer", lambda name: tokenizer)
+    module(repo).setup("fit")
+    assert calls == ["train", "val"]
+    dm = module(repo)
+    dm.setup("fit")
+    assert calls == ["train", "val"]  # second run: straight from the cache
+    assert len(dm.splits["train"].packs) > 0
+    module(repo, max_length=256).setup("fit")
+    assert calls[2:] == ["train", "val"]  # another max_length is another cache entry
+    edited = tmp_path / "train.jsonl"
+    edited.write_text((repo / "data/demo/train.jsonl").read_text().replace("step 1:", "step 1 :", 1))
+    NLICoTDataModule(train_path=str(edited), micro_batch_size=2).setup("fit")
+    assert calls[4:] == ["train"]  # edited content invalidates; no leftover temp folders either
+    assert not [p for p in (cache / "data").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_over_length_dropped_and_counted_or_refused(repo, cache):
+    dm = module(repo, max_length=160)
+    dm.setup("fit")
+    stats = dm.stats()["train"]
+    assert stats["dropped"]["over_max_length"] > 0
+    assert stats["examples"] + stats["dropped"]["over_max_length"] == 120
+    assert max(len(dm.splits["train"].row(r)) for r in range(len(dm.splits["train"].packs))) == 1  # no room to pack
+    with pytest.raises(CorpusError, match=r"exceed data.max_length=160 tokens: .*train.jsonl:\d+ \(id demo-train"):
+        module(repo, max_length=160, on_overlength="error").setup("fit")
+
+
+def test_stats_report(repo, cache):
+    dm = module(repo)
+    dm.setup("fit")
+    s = dm.stats()["train"]
+    assert s["labels"] == {"entailment": 60, "no_entailment": 60}
+    assert set(s["sources"]) == {"initial", "reflected"}
+    assert s["tokens"]["total"]["max"] <= 512 and s["tokens"]["thought"]["median"] > 30
+    assert 0.9 <= s["packing_efficiency"] <= 1.0
+
+
+def fake_trainer(accumulate=2, epoch=0, processed=0):
+    """What the data module reads from a Trainer: accumulation, ranks, and Lightning's progress counters."""
+    batch_progress = SimpleNamespace(current=SimpleNamespace(processed=processed))
+    return SimpleNamespace(accumulate_grad_batches=accumulate, world_size=1, global_rank=0, current_epoch=epoch,
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=batch_progress)))
+
+
+def test_loader_resumes_mid_epoch_exactly(repo, cache):
+    """Resume position = batches the training consumed (Lightning's counter), not batches the loader yielded:
+    Lightning prefetches one batch, so at a checkpoint the loader has yielded one more than was trained on."""
+    dm = module(repo)
+    dm.setup("fit")
+    dm.trainer = fake_trainer(epoch=3)
+    full = [b["input_ids"] for b in dm.train_dataloader()]
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    head = [next(it)["input_ids"] for _ in range(7)]  # 7 yielded ...
+    dm.trainer.fit_loop.epoch_loop.batch_progress.current.processed = 6  # ... 6 trained on
+    state = loader.state_dict()
+    fresh = dm.train_dataloader()
+    fresh.load_state_dict(state)
+    tail = [b["input_ids"] for b in fresh]
+    assert len(tail) == len(full) - 6
+    assert all(torch.equal(a, b) for a, b in zip(head[:6] + tail, full))
+    dm.trainer.current_epoch = 4  # the next epoch starts from its beginning, in a new order
+    nxt = [b["input_ids"] for b in fresh]
+    assert len(nxt) == len(full) and not all(torch.equal(a, b) for a, b in zip(nxt, full))
+
+
+def test_batches_carry_isolation_and_window_tags(repo, cache):
+    dm = module(repo)
+    dm.setup("fit")
+    dm.trainer = fake_trainer(accumulate=3)
+    batches = list(dm.train_dataloader())
+    first = batches[0]
+    assert {"input_ids", "labels", "position_ids", "segment_ids", "window_tokens"} <= set(first)
+    window = sum(int(b["num_label_tokens"]) for b in batches[:3])
+    assert all(int(b["window_tokens"]) == window for b in batches[:3])
+    assert int(first["segment_ids"].max()) >= 1  # rows really hold several examples
