@@ -16,12 +16,18 @@ import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
+from nlicot.evaluation import PredictionWriter
 from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
+
+
+#: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
+ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
 
 
 class UsageError(RuntimeError):
@@ -33,6 +39,7 @@ class NLICoTCLI(LightningCLI):
         parser.link_arguments("model.model_name_or_path", "data.tokenizer")
         parser.link_arguments("data.packing", "model.packing")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults(
             {
                 "checkpoint.dirpath": "lightning_logs/nlicot/checkpoints",
@@ -47,6 +54,21 @@ class NLICoTCLI(LightningCLI):
                 },
             }
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """From a checkpoint take what defines the trained model; keep everything else from the command line.
+
+        Plain LightningCLI replaces *all* model arguments by the checkpoint's, silently discarding flags such as
+        ``--model.max_new_tokens`` at predict time or ``--model.rewarm_on_extend`` on resume.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        keep = {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
+        if keep:
+            self.config = self.parser.parse_object({subcommand: {"model": keep}}, self.config)
 
     def instantiate_trainer(self, **kwargs):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""

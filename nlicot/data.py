@@ -31,7 +31,7 @@ from nlicot.tiny import cache_root, load_tokenizer
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -100,6 +100,8 @@ def build_split(
     examples = datasets.Dataset.from_dict(
         {
             "id": [rows[i]["id"] for i in keep],
+            "premise": [rows[i]["premise"] for i in keep],
+            "hypothesis": [rows[i]["hypothesis"] for i in keep],
             "label": [rows[i]["label"] for i in keep],
             "source": [rows[i]["source"] for i in keep],
             "prompt_ids": [prompts[i] for i in keep],
@@ -202,6 +204,7 @@ class NLICoTDataModule(L.LightningDataModule):
         max_length: int = 512,
         packing: bool = True,
         micro_batch_size: int = 4,
+        predict_batch_size: int = 32,
         group_by_length: bool = True,
         on_overlength: Literal["drop", "error"] = "drop",
         columns: dict[str, str] | None = None,
@@ -222,6 +225,7 @@ class NLICoTDataModule(L.LightningDataModule):
             max_length: tokens per packed row; no example is ever cut to fit it.
             packing: pack several examples per row (isolated by masks and positions); false = one per row.
             micro_batch_size: rows per micro-batch on each device.
+            predict_batch_size: prompts generated together in ``predict`` (sorted by length to cut padding).
             group_by_length: batch rows of similar length together (order still shuffled) to cut padding.
             on_overlength: what to do with an example longer than max_length: drop it (counted and reported)
                 or stop with an error naming it.
@@ -237,6 +241,7 @@ class NLICoTDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._train_sampler: PackBatchSampler | None = None
         self._resume_position: dict[str, int] | None = None
+        self.predict_rows: list[dict[str, Any]] = []
 
     @property
     def tokenizer(self):
@@ -252,6 +257,8 @@ class NLICoTDataModule(L.LightningDataModule):
         return {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": []}.get(stage or "", SPLITS)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self._setup_predict()
         for split in self._wanted(stage):
             source = getattr(self.hparams, f"{split}_path")
             if source is None:
@@ -261,6 +268,27 @@ class NLICoTDataModule(L.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = load_split(source, split, self.tokenizer, self._settings(), self.hparams.cache)
                 self._report(split)
+
+    def _setup_predict(self) -> None:
+        """Premise/hypothesis rows (label, thought optional) with their prompt ids and input position."""
+        source = self.hparams.predict_path
+        if source is None:
+            raise CorpusError("data.predict_path is not set; predict needs premise/hypothesis rows")
+        rows = load_rows(source, split="test", columns=self.hparams.columns, require_thought=False, require_label=False)
+        prompts = prompt.encode_prompts(self.tokenizer, [r["premise"] for r in rows], [r["hypothesis"] for r in rows])
+        for i, (row, ids) in enumerate(zip(rows, prompts, strict=True)):
+            row.update(index=i, prompt_ids=ids)
+        self.predict_rows = rows
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        """Length-sorted batches (little left padding), sharded by rank; the writer restores input order."""
+        rows = self.predict_rows
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["prompt_ids"]))
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            order = order[trainer.global_rank :: trainer.world_size]
+        return torch.utils.data.DataLoader(rows, sampler=order, batch_size=self.hparams.predict_batch_size,
+                                           collate_fn=list)
 
     def _report(self, split: str) -> None:
         s = self.splits[split].stats

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from nlicot import evaluation
+from nlicot.generation import generate_batched
+from nlicot.metrics import NLIMetrics
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
 from nlicot.schedule import WarmupCosine
 from nlicot.tiny import load_tokenizer, resolve_model_path
@@ -67,6 +70,10 @@ class NLICoTModule(L.LightningModule):
         warmup_steps: int = 150,
         min_lr_ratio: float = 0.0,
         rewarm_on_extend: bool = False,
+        adapter_path: str | None = None,
+        generation_eval: int = 0,
+        max_new_tokens: int = 320,
+        generation_batch_size: int = 32,
         packing: bool = True,
     ) -> None:
         """
@@ -88,6 +95,12 @@ class NLICoTModule(L.LightningModule):
             warmup_steps: optimizer steps of linear warmup from 0 to the peak (a count, never a ratio).
             min_lr_ratio: cosine floor as a fraction of the peak, reached at the last step.
             rewarm_on_extend: when a resumed run has a longer horizon, warm up again instead of continuing.
+            adapter_path: start from a saved PEFT adapter folder (e.g. ``…/checkpoints/adapter``) instead of a
+                fresh LoRA; its own LoRA settings apply.
+            generation_eval: at the end of validation / test, generate thoughts for this many rows of the split
+                (0 = off, -1 = all) and log accuracy, precision, recall, F1, parse rate and sample thoughts.
+            max_new_tokens: generation budget per answer (a 3-step thought + JSON fits in ~200).
+            generation_batch_size: prompts generated together during evaluation.
             packing: set by the CLI from ``data.packing``; makes the module refuse non-isolating attention.
         """
         super().__init__()
@@ -157,11 +170,17 @@ class NLICoTModule(L.LightningModule):
         elif h.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
             base.enable_input_require_grads()
-        lora = LoraConfig(
-            r=h.lora_r, lora_alpha=h.lora_alpha, lora_dropout=h.lora_dropout,
-            target_modules=list(h.target_modules), bias="none", task_type="CAUSAL_LM",
-        )
-        self.model = get_peft_model(base, lora)
+        if h.adapter_path:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(base, h.adapter_path, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=h.lora_r, lora_alpha=h.lora_alpha, lora_dropout=h.lora_dropout,
+                target_modules=list(h.target_modules), bias="none", task_type="CAUSAL_LM",
+            )
+            self.model = get_peft_model(base, lora)
+        self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         self.tokenizer = load_tokenizer(h.model_name_or_path)
         self.model.get_base_model().get_decoder().register_forward_pre_hook(self._record_decoder_inputs, with_kwargs=True)
 
@@ -264,6 +283,39 @@ class NLICoTModule(L.LightningModule):
         self.val_acc.update(correct / n, weight=n)
         self.log(f"{stage}/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/token_accuracy", self.val_acc, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._generation_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._generation_eval("test")
+
+    def _generation_eval(self, stage: str) -> None:
+        """Generate for the first ``generation_eval`` rows of the split (each rank its share) and log metrics."""
+        n = self.hparams.generation_eval
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if n == 0 or self.trainer.sanity_checking or datamodule is None or stage not in datamodule.splits:
+            return
+        examples = datamodule.splits[stage].examples
+        rows = examples.select(range(len(examples) if n < 0 else min(n, len(examples))))
+        rows = rows.shard(self.trainer.world_size, self.trainer.global_rank, contiguous=True).to_list()
+        recs = self._generate(rows)
+        metric = NLIMetrics().to(self.device)
+        evaluation.update_metrics(metric, recs)
+        evaluation.log_metrics(self, stage, metric.compute(), recs[:3])
+
+    def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        generated = generate_batched(self.model, self.tokenizer, [r["prompt_ids"] for r in rows],
+                                     max_new_tokens=self.hparams.max_new_tokens,
+                                     batch_size=self.hparams.generation_batch_size)
+        return evaluation.records(self.tokenizer, rows, generated)
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
+        """One length-sorted batch of rows → records (the PredictionWriter restores input order)."""
+        recs = self._generate(batch)
+        for rec, row in zip(recs, batch, strict=True):
+            rec["index"] = row["index"]
+        return recs
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""``python -m nlicot.export``: an nlicot checkpoint (or PEFT adapter folder) → a servable Hugging Face folder.
+
+``--merge true`` (default) folds the LoRA into an *unquantized* copy of the base (bf16 by default) and writes a
+plain ``AutoModelForCausalLM`` folder + tokenizer for vLLM, TGI or llama.cpp conversion. The adapter was trained
+against the NF4-quantized base, so the merged model differs from the training-time model by the quantization
+error of the base (the usual QLoRA trade-off); ``--merge false`` writes the adapter folder only.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nlicot.checkpointing import write_adapter
+from nlicot.model import NLICoTModule
+
+
+def load_module(ckpt_path: str | None, adapter_path: str | None, model_name_or_path: str | None,
+                quantization: str, dtype: str) -> NLICoTModule:
+    """Rebuild the module from a checkpoint's hyperparameters (or an adapter folder) with the trained adapter."""
+    if (ckpt_path is None) == (adapter_path is None):
+        raise ValueError("give exactly one of --ckpt_path (nlicot checkpoint) or --adapter_path (PEFT folder)")
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        accepted = inspect.signature(NLICoTModule).parameters
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
+    else:
+        if not (Path(adapter_path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_path}: no adapter_config.json (not a PEFT adapter folder)")
+        checkpoint, hparams = None, {"adapter_path": adapter_path}
+        if model_name_or_path is None:
+            import json
+
+            model_name_or_path = json.loads((Path(adapter_path) / "adapter_config.json").read_text())[
+                "base_model_name_or_path"]
+    hparams.update(quantization=quantization, compute_dtype=dtype, gradient_checkpointing=False)
+    if model_name_or_path:
+        hparams["model_name_or_path"] = model_name_or_path
+    module = NLICoTModule(**hparams)
+    module.configure_model()
+    if checkpoint is not None:
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module.eval()
+
+
+def export(
+    output_dir: str,
+    ckpt_path: str | None = None,
+    adapter_path: str | None = None,
+    model_name_or_path: str | None = None,
+    merge: bool = True,
+    dtype: str = "bfloat16",
+) -> Path:
+    """Write the merged model (or the adapter) to ``output_dir`` atomically.
+
+    Args:
+        output_dir: folder to create (must not exist).
+        ckpt_path: an nlicot ``.ckpt`` (adapter + hyperparameters).
+        adapter_path: or a PEFT adapter folder (e.g. ``…/checkpoints/adapter``).
+        model_name_or_path: override the base model recorded in the checkpoint (e.g. a local copy).
+        merge: fold the adapter into the base weights; false writes only the adapter folder.
+        dtype: dtype of the merged weights (bfloat16, float16 or float32).
+    """
+    out = Path(output_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new --output_dir")
+    module = load_module(ckpt_path, adapter_path, model_name_or_path, "none" if merge else "nf4",
+                         dtype if merge else "auto")
+    if not merge:
+        write_adapter(module, out)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged = module.model.merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(tmp)
+        module.tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    from jsonargparse import CLI
+
+    try:
+        out = CLI(export, as_positional=False)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Every trainer config parses (alone or as an overlay on best.yaml) and says what the issue promises."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nlicot.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+
+
+def resolved(*configs: str) -> dict:
+    args = ["fit"]
+    for c in configs:
+        args += ["--config", str(REPO / "configs" / c)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*args, "--print_config"])
+    assert done.value.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_parses_and_starts_with_its_command(name):
+    first = (REPO / "configs" / name).read_text().splitlines()[0]
+    assert first.startswith("# python -m nlicot fit --config configs/")
+    stack = [name] if not name.startswith("ablation") else ["best.yaml", name]
+    cfg = resolved(*stack)
+    assert cfg["model"]["model_name_or_path"]
+
+
+def test_best_is_the_seed_setup():
+    cfg = resolved("best.yaml")
+    m, d, t = cfg["model"], cfg["data"], cfg["trainer"]
+    assert (m["lora_r"], m["lora_alpha"], m["lora_dropout"]) == (32, 64, 0.05)
+    assert m["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert d["micro_batch_size"] * t["accumulate_grad_batches"] == 64
+    assert (t["gradient_clip_val"], m["learning_rate"], m["warmup_steps"]) == (1.0, 1e-4, 150)
+    assert (d["max_length"], m["quantization"], m["double_quant"], m["compute_dtype"]) == (512, "nf4", True, "bfloat16")
+    assert m["gradient_checkpointing"] and m["optimizer"] == "auto" and t["precision"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("name, r, batch", [("ablation0.yaml", 16, 16), ("ablation1.yaml", 16, 32),
+                                             ("ablation2.yaml", 32, 64)])
+def test_ablations_are_small_overlays(name, r, batch):
+    cfg = resolved("best.yaml", name)
+    assert cfg["model"]["lora_r"] == r and cfg["model"]["lora_alpha"] == 2 * r
+    assert cfg["data"]["micro_batch_size"] * cfg["trainer"]["accumulate_grad_batches"] == batch
+    assert cfg["checkpoint"]["dirpath"] != resolved("best.yaml")["checkpoint"]["dirpath"]
+    assert len((REPO / "configs" / name).read_text().splitlines()) < 25
