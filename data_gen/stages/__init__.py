@@ -1,0 +1,1 @@
+"""One module per stage; each exposes ``Config`` and ``main(config) -> exit status``."""
