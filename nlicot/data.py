@@ -70,6 +70,24 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def stats_markdown(stats: dict[str, Any]) -> str:
+    """A split's statistics as a small Markdown table (TensorBoard text)."""
+    tok = stats["tokens"]
+    lines = [
+        f"**{stats['source']}**: {stats['examples']} examples of {stats['rows_read']} rows read; "
+        f"dropped over max_length: {stats['dropped']['over_max_length']}; labels {stats['labels']}; "
+        f"sources {stats['sources']}; {stats['rows']} training rows, packing efficiency "
+        f"{100 * stats['packing_efficiency']:.1f} %",
+        "",
+        "| tokens | min | p25 | median | p75 | p95 | max | mean |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for part in ("prompt", "thought", "total"):
+        q = tok[part]
+        lines.append(f"| {part} | " + " | ".join(f"{q[k]:.0f}" for k in ("min", "p25", "median", "p75", "p95", "max", "mean")) + " |")
+    return "\n".join(lines)
+
+
 def build_split(
     source: str,
     split: str,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from nlicot import evaluation
+from nlicot.data import stats_markdown
 from nlicot.generation import generate_batched
 from nlicot.metrics import NLIMetrics
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
@@ -238,6 +239,18 @@ class NLICoTModule(L.LightningModule):
         scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
         return ce * scale / batch["window_tokens"].clamp(min=1)
 
+    def on_fit_start(self) -> None:
+        """Put the data report (counts, label balance, drops, token lengths) next to the curves in TensorBoard."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        experiment = getattr(self.logger, "experiment", None)
+        if datamodule is None or not hasattr(experiment, "add_text") or not self.trainer.is_global_zero:
+            return
+        for split, data in datamodule.splits.items():
+            experiment.add_text(f"data/{split}", stats_markdown(data.stats), 0)
+            for part in ("prompt", "thought", "total"):
+                experiment.add_histogram(f"data/{split}/{part}_tokens",
+                                         np.asarray(data.examples[f"{part}_tokens"]), 0)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first step after a resume: continue the saved random streams
             _set_rng_state(self._rng_to_restore)
@@ -257,9 +270,9 @@ class NLICoTModule(L.LightningModule):
         now = time.perf_counter()
         elapsed = max(now - (self._last_step_time or now), 1e-9)
         self._last_step_time = now
+        self.log("train/loss", ce / max(tokens, 1), prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict(
             {
-                "train/loss": ce / max(tokens, 1),
                 "train/lr": optimizer.param_groups[0]["lr"],
                 "train/grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0),
                 "train/tokens_per_sec": real / elapsed,
@@ -267,7 +280,6 @@ class NLICoTModule(L.LightningModule):
             },
             on_step=True, on_epoch=False,
         )
-        self.log("loss", ce / max(tokens, 1), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ eval
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

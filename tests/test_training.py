@@ -54,6 +54,12 @@ def test_fit_logs_every_step_saves_adapter_that_plain_peft_loads(tmp_path, tiny_
     loss = [logged["train/loss"][s] for s in range(12)]
     assert sum(loss[-3:]) < sum(loss[:3])  # it learns
     assert min(logged["train/packing_efficiency"].values()) > 0.8
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((tmp_path / "tb" / "run").glob("version_*"))))
+    acc.Reload()
+    assert "data/train/text_summary" in acc.Tags()["tensors"]  # the data report sits beside the curves
+    assert "data/train/thought_tokens" in acc.Tags()["histograms"]
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 12
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])  # adapter only, no frozen base
