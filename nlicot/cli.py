@@ -24,6 +24,7 @@ from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
 from nlicot.evaluation import PredictionWriter
 from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
+from nlicot.packing import ResumeMismatchError
 
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
@@ -110,6 +111,6 @@ def main(args: list[str] | None = None) -> None:
                 "use_distributed_sampler": False,  # our sampler shards by rank and knows accumulation
             },
         )
-    except (CorpusError, PackingIsolationError, NonFiniteLossError, UsageError) as e:
+    except (CorpusError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None

@@ -175,8 +175,11 @@ def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use
         try:
             result.examples.save_to_disk(str(tmp / "examples"))
             (tmp / "packs.json").write_text(json.dumps({"packs": result.packs, "stats": result.stats}))
-            if not folder.exists():  # else a concurrent run already wrote the same content
+            try:
                 os.replace(tmp, folder)
+            except OSError:  # DDP ranks (or two runs) built the same content at once: the first one's stays
+                if not (folder / "packs.json").is_file():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         result = TokenizedSplit(datasets.load_from_disk(str(folder / "examples")), result.packs, result.stats)

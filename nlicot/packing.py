@@ -111,6 +111,10 @@ def block_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = Non
     )
 
 
+class ResumeMismatchError(RuntimeError):
+    """A resumed run shards or sizes its batches differently from the run that saved the data position."""
+
+
 class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     """Shuffles rows per epoch into this rank's micro-batches; each index is tagged with its window's tokens.
 
@@ -182,9 +186,18 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
     def state_dict(self) -> dict[str, int]:
         epoch, position = self.progress() if self.progress else (self.epoch, self._yielded)
-        return {"epoch": epoch, "position": position}
+        rows = self.micro_batch_size * self.world_size
+        return {"epoch": epoch, "position": position, "rows_per_micro_step": rows}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """A position counts global micro-steps; it means other rows if their size changed since it was saved."""
+        saved, now = state.get("rows_per_micro_step"), self.micro_batch_size * self.world_size
+        if saved is not None and saved != now:
+            raise ResumeMismatchError(
+                f"the checkpoint was saved with {saved} rows per global micro-batch (micro_batch_size x devices) "
+                f"and this run has {now}: resuming would skip or repeat data. Resume with the same "
+                "data.micro_batch_size and trainer.devices, or start a new run in another --checkpoint.dirpath."
+            )
         self.epoch, self._skip = state["epoch"], state["position"]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -30,7 +30,7 @@ def resolved(*configs: str) -> dict:
 def test_config_parses_and_starts_with_its_command(name):
     first = (REPO / "configs" / name).read_text().splitlines()[0]
     assert first.startswith("# python -m nlicot fit --config configs/")
-    stack = [name] if not name.startswith("ablation") else ["best.yaml", name]
+    stack = [name] if not name.startswith(("ablation", "ddp")) else ["best.yaml", name]
     cfg = resolved(*stack)
     assert cfg["model"]["model_name_or_path"]
 
@@ -54,3 +54,16 @@ def test_ablations_are_small_overlays(name, r, batch):
     assert cfg["data"]["micro_batch_size"] * cfg["trainer"]["accumulate_grad_batches"] == batch
     assert cfg["checkpoint"]["dirpath"] != resolved("best.yaml")["checkpoint"]["dirpath"]
     assert len((REPO / "configs" / name).read_text().splitlines()) < 25
+
+
+@pytest.mark.parametrize("overlay, devices", [("ddp_2gpu.yaml", 2), ("ddp_4gpu.yaml", 4)])
+def test_ddp_overlays_keep_the_effective_batch_of_best(overlay, devices):
+    best, ddp = resolved("best.yaml"), resolved("best.yaml", overlay)
+    effective = {name: c["data"]["micro_batch_size"] * c["trainer"]["accumulate_grad_batches"] * c["trainer"]["devices"]
+                 for name, c in (("best", best), ("ddp", ddp))}
+    assert effective == {"best": 64, "ddp": 64}
+    assert ddp["trainer"]["strategy"] == "ddp" and ddp["trainer"]["devices"] == devices
+    assert ddp["data"]["micro_batch_size"] == best["data"]["micro_batch_size"]  # same per-GPU memory as best.yaml
+    assert ddp["checkpoint"]["dirpath"] != best["checkpoint"]["dirpath"]  # never resumes a 1-GPU run's position
+    first = (REPO / "configs" / overlay).read_text().splitlines()[0]
+    assert first == f"# python -m nlicot fit --config configs/best.yaml --config configs/{overlay}"

@@ -106,3 +106,26 @@ def test_batches_carry_isolation_and_window_tags(repo, cache):
     window = sum(int(b["num_label_tokens"]) for b in batches[:3])
     assert all(int(b["window_tokens"]) == window for b in batches[:3])
     assert int(first["segment_ids"].max()) >= 1  # rows really hold several examples
+
+
+def test_cache_survives_two_ranks_finishing_the_same_split_together(repo, cache, tokenizer, monkeypatch):
+    """DDP ranks tokenize the same split at once: the other rank's rename may land between this rank's check and
+    its own rename; a complete folder already there is the same content, not an error."""
+    import os
+
+    import nlicot.data as data
+
+    settings = dict(max_length=512, packing=True, on_overlength="drop", columns=None)
+    source = str(repo / "data/demo/val.jsonl")
+    real_replace, raced = os.replace, []
+
+    def other_rank_renames_first(src, dst):
+        if not raced:
+            raced.append(dst)
+            data.load_split(source, "val", tokenizer, settings)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", other_rank_renames_first)
+    split = data.load_split(source, "val", tokenizer, settings)
+    assert raced and len(split.packs) == 9
+    assert [p.name for p in cache.joinpath("data").iterdir()] == [raced[0].name]  # one folder, no temp left
