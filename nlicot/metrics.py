@@ -11,11 +11,9 @@ Failures are also reported on their own: ``parse_rate``, ``parse_failures``, ``p
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +27,8 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 from torchmetrics.utilities import dim_zero_cat
+
+from nlicot.atomic import atomic_write, atomic_write_text
 
 #: Thought-length buckets in tokens (inclusive upper bounds; the last is open), as the seed analysis used.
 BUCKET_UPPER = (100, 200, 300)
@@ -140,7 +140,7 @@ def _nan_to_none(x: float) -> float | None:
 def write_metrics_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as pretty JSON atomically: readers never see a half-written file."""
     text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return atomic_write(Path(path), lambda f: f.write(text.encode()))
+    return atomic_write_text(path, text)
 
 
 def confusion_matrix_figure(result: dict[str, Tensor]):
@@ -191,16 +191,3 @@ def write_figures(result: dict[str, Tensor], out_dir: str | Path) -> dict[str, A
         atomic_write(out / f"{name}.png", lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
     return figures
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write through a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from data_gen.errors import InputError
-from data_gen.store import RowStore, atomic_write_text, done_record, failed_record, input_sha, sidecar
+from data_gen.store import RowStore, done_record, failed_record, input_sha, sidecar
 
 
 def _row(i: int) -> dict:
@@ -54,19 +53,6 @@ def test_a_corrupt_line_inside_a_journal_is_named(tmp_path):
     path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
     with pytest.raises(InputError, match="t.jsonl:2: not a JSON line"):
         RowStore(path)
-
-
-def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
-    path = tmp_path / "stats.json"
-    atomic_write_text(path, "old")
-
-    def crash(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
-        atomic_write_text(path, "new")
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["stats.json"]
 
 
 def test_sidecar_names():
