@@ -38,7 +38,7 @@ def machine() -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     return {
-        "cores": str(len(os.sched_getaffinity(0))),
+        "cores": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
         "cpu": cpu,
         "ram": mem_gib,
         "torch": torch.__version__,

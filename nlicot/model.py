@@ -198,8 +198,10 @@ class NLICoTModule(L.LightningModule):
         dtype = None if impl == "sdpa" else resolve_dtype(self.hparams.compute_dtype)
         return {"position_ids": batch["position_ids"], "attention_mask": block_causal_mask(batch["segment_ids"], dtype)}
 
-    def token_losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy, correct argmax count and count over the supervised (answer) tokens.
+    def token_losses(
+        self, batch: dict[str, torch.Tensor], with_accuracy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Summed cross-entropy, correct argmax count (``with_accuracy``) and count over the supervised tokens.
 
         The LM head runs on supervised positions only: prompts and padding (a third of a packed row)
         never get 32,768-way logits.
@@ -213,7 +215,7 @@ class NLICoTModule(L.LightningModule):
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
         chosen = targets[keep]
         ce = F.cross_entropy(logits, chosen, reduction="sum")
-        correct = (logits.detach().argmax(-1) == chosen).sum()
+        correct = (logits.detach().argmax(-1) == chosen).sum() if with_accuracy else None
         return ce, correct, keep.sum()
 
     def _check_isolation(self) -> None:
@@ -248,8 +250,7 @@ class NLICoTModule(L.LightningModule):
         for split, data in datamodule.splits.items():
             experiment.add_text(f"data/{split}", stats_markdown(data.stats), 0)
             for part in ("prompt", "thought", "total"):
-                experiment.add_histogram(f"data/{split}/{part}_tokens",
-                                         np.asarray(data.examples[f"{part}_tokens"]), 0)
+                experiment.add_histogram(f"data/{split}/{part}_tokens", data.column(f"{part}_tokens"), 0)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first step after a resume: continue the saved random streams
@@ -289,7 +290,7 @@ class NLICoTModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        ce, correct, n = self.token_losses(batch)
+        ce, correct, n = self.token_losses(batch, with_accuracy=True)
         n = n.clamp(min=1)
         self.val_loss.update(ce / n, weight=n)
         self.val_acc.update(correct / n, weight=n)
