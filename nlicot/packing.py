@@ -130,8 +130,9 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     Resumable: deterministic in (seed, epoch), and ``state_dict`` records the epoch and how many micro-batches
     were *consumed*; torchdata's StatefulDataLoader saves that and restores it instead of fast-forwarding.
     Under a Trainer the data module sets ``progress`` to Lightning's own counters (current epoch, batches
-    processed in it): Lightning never calls ``set_epoch`` on a *batch* sampler, and it fetches one batch
-    ahead, so neither the sampler's epoch nor its yield count can be trusted there.
+    processed in it): Lightning never calls ``set_epoch`` on a *batch* sampler, and with loader workers the
+    sampler runs ``prefetch_factor x num_workers`` batches ahead of training, so neither its epoch nor its
+    yield count describes what a checkpoint has trained on.
     """
 
     def __init__(

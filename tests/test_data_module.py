@@ -75,8 +75,8 @@ def fake_trainer(accumulate=2, epoch=0, processed=0):
 
 
 def test_loader_resumes_mid_epoch_exactly(repo, cache):
-    """Resume position = batches the training consumed (Lightning's counter), not batches the loader yielded:
-    Lightning prefetches one batch, so at a checkpoint the loader has yielded one more than was trained on."""
+    """Resume position = batches the training consumed (Lightning's counter), not batches the sampler yielded:
+    with prefetching workers the sampler is ahead of training when a checkpoint is taken."""
     dm = module(repo)
     dm.setup("fit")
     dm.trainer = fake_trainer(epoch=3)
