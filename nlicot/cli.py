@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
