@@ -26,7 +26,6 @@ from nlicot.evaluation import PredictionWriter
 from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
 
-
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
 ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
 

@@ -17,8 +17,14 @@ import torch
 
 from nlicot.atomic import atomic_write
 from nlicot.generation import Generated
-from nlicot.metrics import NLIMetrics, metrics_to_json, scalar_metrics, write_figures, write_metrics_json
-from nlicot.metrics import thought_token_counts
+from nlicot.metrics import (
+    NLIMetrics,
+    metrics_to_json,
+    scalar_metrics,
+    thought_token_counts,
+    write_figures,
+    write_metrics_json,
+)
 from nlicot.parsing import extract_prediction
 
 
