@@ -19,8 +19,10 @@ from nlicot.atomic import atomic_write
 from nlicot.generation import Generated
 from nlicot.metrics import (
     NLIMetrics,
+    confusion_matrix_figure,
     metrics_to_json,
     scalar_metrics,
+    thought_length_figure,
     thought_token_counts,
     write_figures,
     write_metrics_json,
@@ -66,8 +68,6 @@ def log_metrics(module: L.LightningModule, stage: str, result: dict[str, torch.T
     module.log_dict({f"{stage}/{k}": v for k, v in scalar_metrics(result).items()}, sync_dist=False)
     experiment = getattr(module.logger, "experiment", None)
     if module.trainer.is_global_zero and hasattr(experiment, "add_text"):
-        from nlicot.metrics import confusion_matrix_figure, thought_length_figure
-
         step = module.global_step
         experiment.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(result), step)
         experiment.add_figure(f"{stage}/accuracy_by_thought_length", thought_length_figure(result), step)
