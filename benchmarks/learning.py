@@ -84,6 +84,8 @@ def score(predictions: Path) -> dict:
     recs = [json.loads(line) for line in predictions.read_text().splitlines()]
     ok = [r["predicted_label"] == r["label"] for r in recs]
     out = {"n": len(recs), "accuracy": sum(ok) / len(recs), "parse_rate": sum(r["parse_ok"] for r in recs) / len(recs)}
+    # copying: does step 1 restate the premise word for word (the skill the pretrained base is meant to bring)?
+    out["copy_rate"] = sum(r["premise"][1:-1] in (r["thought_process"] or "") for r in recs) / len(recs)
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for r, hit in zip(recs, ok, strict=True):
         by_kind[gold[r["id"]]["phenomenon"]].append(hit)
@@ -109,7 +111,8 @@ def run(name: str, root: Path, steps: int, *overrides: str) -> dict:
     result = score(pred / "predictions.jsonl") | {"fit_s": fit_s, "test_s": test_s,
                                                    "curve": learning_curve(tb / "run")}
     print(f"\n[{name}] fit {steps} optimizer steps: {fit_s:.0f} s; predict {result['n']} test rows: {test_s:.0f} s")
-    print(f"[{name}] test accuracy {result['accuracy']:.3f}, parse rate {result['parse_rate']:.3f}")
+    print(f"[{name}] test accuracy {result['accuracy']:.3f}, parse rate {result['parse_rate']:.3f}, premise restated "
+          f"word for word in {result['copy_rate']:.3f} of the thoughts")
     print(f"[{name}] by phenomenon: " + ", ".join(f"{k} {a:.2f} ({n})" for k, (a, n) in result["by_phenomenon"].items()))
     print(f"[{name}] by generated thought tokens: "
           + ", ".join(f"{k}: {a:.2f} ({n})" for k, (a, n) in result["by_thought_tokens"].items()))
