@@ -24,12 +24,28 @@ from data_gen.batch import run_batch
 from data_gen.client import MistralClient, check_server_url
 from data_gen.config import ApiStageConfig
 from data_gen.errors import (
-    EXIT_DONE, EXIT_FAILED_ROWS, EXIT_RESUMABLE, BudgetExhausted, ConfigError, FatalAPIError, RequestFailed, RowFailed,
+    EXIT_DONE,
+    EXIT_FAILED_ROWS,
+    EXIT_RESUMABLE,
+    BudgetExhausted,
+    ConfigError,
+    FatalAPIError,
+    RequestFailed,
+    RowFailed,
     ServerUnreachable,
 )
 from data_gen.ledger import Ledger
 from data_gen.progress import RowProgress
-from data_gen.store import OutputLock, Record, ReplyJournal, RowStore, atomic_write_json, done_record, failed_record, sidecar
+from data_gen.store import (
+    OutputLock,
+    Record,
+    ReplyJournal,
+    RowStore,
+    atomic_write_json,
+    done_record,
+    failed_record,
+    sidecar,
+)
 from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from test_dg_client import closed_port
 
 from data_gen import prompts
 from data_gen.config import ApiStageConfig
+from data_gen.errors import OutputLocked
 from data_gen.fake_api import FakeConfig, FakeMistral
 from data_gen.ledger import Ledger
 from data_gen.store import OutputLock
-
-from test_dg_client import closed_port
 
 
 def _summary(out: Path) -> dict:
@@ -175,10 +175,8 @@ def test_a_second_run_on_a_locked_output_exits_at_once_naming_the_holder(rows_fi
 
 def test_the_lock_is_exclusive_between_open_files(tmp_path):
     out = tmp_path / "thoughts.jsonl"
-    with OutputLock(out):
-        with pytest.raises(Exception, match=f"pid {os.getpid()}"):
-            with OutputLock(out):
-                pass
+    with OutputLock(out), pytest.raises(OutputLocked, match=f"pid {os.getpid()}"), OutputLock(out):
+        pass
     with OutputLock(out):  # released on exit
         pass
 
