@@ -236,6 +236,8 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
         if stop.fatal is not None:
             raise stop.fatal
     ids = {r["id"] for r in stage.rows}
+    if not ids:  # e.g. reflect when every label was right: an empty result, not a missing file, for the next stage
+        cfg.output.touch(exist_ok=True)
     journal.keep_only(ids - store.done.keys() - store.failed.keys())
     failed = [store.failed[i] for i in ids & store.failed.keys()]
     if stop.reason is None and len(todo) < len(pending):

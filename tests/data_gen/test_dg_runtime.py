@@ -147,6 +147,17 @@ def test_zero_done_rows_make_reflect_and_build_say_there_is_nothing_to_do(rows_f
     assert f"{out}: 0 done, 4 failed: nothing to build" in capsys.readouterr().err
 
 
+def test_reflect_with_no_wrong_label_leaves_an_empty_result_for_build(dg, flags, fake_api, tmp_path, jsonl):
+    thoughts, reflected = tmp_path / "thoughts.jsonl", tmp_path / "reflected.jsonl"
+    rows = [{"id": f"r{i}", "premise": f"A dog runs in field {i}.", "hypothesis": "An animal moves.", "label": 1,
+             "thought_process": "step 1: a dog runs. step 2: a dog is an animal. step 3: so an animal moves.",
+             "predicted_label": 1} for i in range(3)]
+    thoughts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    server = fake_api()
+    assert dg("reflect", "--input", thoughts, "--output", reflected, *flags(server)) == 0
+    assert reflected.is_file() and jsonl(reflected) == [] and server.counts["chat"] == 0
+
+
 # --- one writer per output ---
 
 
