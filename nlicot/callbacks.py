@@ -126,7 +126,8 @@ class TrainingRNG(L.Callback):
     batches other work draws from the same global generators — a validation run (its loader draws a base seed,
     sampling may draw more) and every new loader iterator, e.g. the next epoch's. A checkpoint is written at the end
     of a training batch, before that work, so a resume from it restored a state the unbroken run had moved past
-    (measured: up to 0.07 loss difference after a checkpoint taken at an epoch end, right before validation).
+    (measured on the demo, resuming at an epoch-end step: later losses off by up to 0.037 with validation
+    in between, 0.055 without it; 0 with this callback — tests/test_training.py).
     Here every training batch starts from the state the previous training batch ended with, in the unbroken run
     and after a resume alike; whatever runs in between draws from the generators as before but never shifts
     training, which therefore also no longer depends on validation settings. Forking the generators around
