@@ -130,7 +130,7 @@ class TrainingRNG(L.Callback):
     in between, 0.055 without it; 0 with this callback — tests/test_training.py).
     Here every training batch starts from the state the previous training batch ended with, in the unbroken run
     and after a resume alike; whatever runs in between draws from the generators as before but never shifts
-    training, which therefore also no longer depends on validation settings. Forking the generators around
+    training, which therefore also no longer depends on when validation runs. Forking the generators around
     validation alone would leave the next epoch's loader draw between save point and next batch.
     """
 
