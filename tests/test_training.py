@@ -257,3 +257,11 @@ def test_checkpoint_of_mistral_7b_adapter_is_about_100_mb():
     assert adapter == 32 * (2 * 32 * (4096 + 4096) + 2 * 32 * (4096 + 1024))  # q, o: 4096->4096; k, v: 4096->1024
     assert adapter == 27_262_976
     assert adapter * 4 < 110e6 < base * 2 / 100  # fp32 adapter 109 MB: under 1 % of the 14.5 GB bf16 base
+
+
+def test_model_does_not_import_the_data_module():
+    """The module is model, loss, optimizer and checkpoint slimming: data reports and evaluation rows come
+    through callbacks (nlicot/callbacks.py), so importing the model never pulls in the data pipeline."""
+    code = "import sys, nlicot.model; assert 'nlicot.data' not in sys.modules, sorted(sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
