@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.limit_val_batches=0", "--model.generation_eval=0", "--trainer.enable_progress_bar=false"]
+QUIET = ["--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--trainer.enable_progress_bar=false"]
 
 
 def _cli(*args: str) -> None:
