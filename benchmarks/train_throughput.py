@@ -109,7 +109,7 @@ def token_ids(data: Path) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt and answer ids of every row, through nlicot's one template (what TRL is given too)."""
     from nlicot.corpus import load_rows
     from nlicot.prompt import encode_answers, encode_prompts
-    from nlicot.tiny import load_tokenizer
+    from nlicot.hub import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
     rows = load_rows(str(data))
@@ -156,7 +156,7 @@ def run_trl(data: Path, out: Path, warmup: int, steps: int, tmp: Path, packed: b
     from trl import SFTConfig, SFTTrainer
 
     from nlicot.packing import IGNORE_INDEX
-    from nlicot.tiny import load_tokenizer, resolve_model_path
+    from nlicot.hub import load_tokenizer, resolve_model_path
 
     meter = _Meter()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nlicot.prompt import encode_answers, encode_prompts
-from nlicot.tiny import load_tokenizer
+from nlicot.hub import load_tokenizer
 
 from data_gen.config import BuildConfig as Config
 from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
