@@ -67,7 +67,8 @@ class NLICoTCLI(LightningCLI):
                 "trainer.default_root_dir": DEFAULT_ROOT,
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": None, "name": "nlicot", "default_hp_metric": False},
+                    # save_dir left at DEFAULT_ROOT follows trainer.default_root_dir (see place_run)
+                    "init_args": {"save_dir": DEFAULT_ROOT, "name": "nlicot", "default_hp_metric": False},
                 },
             }
         )
@@ -116,13 +117,17 @@ class NLICoTCLI(LightningCLI):
 
 
 def place_run(config: Namespace) -> None:
-    """Fill the unset output paths from ``trainer.default_root_dir`` and the logger's name (the run folder)."""
+    """Fill the unset output paths from ``trainer.default_root_dir`` and the logger's name (the run folder).
+
+    The logger's ``save_dir`` must be a path for the config to validate, so its default ``lightning_logs`` is
+    read as "not set" (a TensorBoard ``save_dir`` elsewhere is kept as given).
+    """
     root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
     logger = config.trainer.get("logger")
     args = logger.get("init_args") if isinstance(logger, Namespace) else None
     name = None
     if args is not None:
-        if "save_dir" in args and args.save_dir is None:
+        if args.get("save_dir") in (None, DEFAULT_ROOT):
             args.save_dir = str(root)
         name = args.get("name")
     run = root / name if name else root
