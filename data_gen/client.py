@@ -128,7 +128,7 @@ class MistralClient:
         self._sdk: Mistral | None = None
 
     @classmethod
-    def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> "MistralClient":
+    def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> MistralClient:
         return cls(
             api_key=api_key,
             server_url=cfg.server_url,
@@ -142,7 +142,7 @@ class MistralClient:
             api_key_env=cfg.api_key_env,
         )
 
-    async def __aenter__(self) -> "MistralClient":
+    async def __aenter__(self) -> MistralClient:
         pool = self._concurrency + 4  # a few spare connections for batch polling
         self._http = httpx2.AsyncClient(
             follow_redirects=True, limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)

@@ -22,8 +22,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from nlicot import prompt
 from nlicot.atomic import atomic_dir
 from nlicot.corpus import CorpusError, load_rows, source_fingerprint
-from nlicot.packing import Example, PackBatchSampler, collate_packs, pack_examples
 from nlicot.hub import cache_root, load_tokenizer
+from nlicot.packing import Example, PackBatchSampler, collate_packs, pack_examples
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from torchmetrics import MeanMetric
 from nlicot import evaluation
 from nlicot.data import stats_markdown
 from nlicot.generation import generate_batched
+from nlicot.hub import load_tokenizer, resolve_model_path
 from nlicot.metrics import NLIMetrics
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
 from nlicot.schedule import WarmupCosine
-from nlicot.hub import load_tokenizer, resolve_model_path
 
 #: Attention implementations that can keep packed examples apart, and how.
 ISOLATING = {"sdpa": "bool 4-D mask", "eager": "additive 4-D mask", "flash_attention_2": "position_ids (varlen)",

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI on a trained checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -46,6 +46,7 @@ def scalars(root: Path, version: int = -1) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_fit_logs_every_step_saves_adapter_that_plain_peft_loads(tmp_path, tiny_path):
     run_fit(tmp_path, "--trainer.max_steps=12")
     logged = scalars(tmp_path)
@@ -85,6 +86,7 @@ def wait_for_checkpoint(ckpt_dir: Path, min_step: int, proc: subprocess.Popen, t
     raise TimeoutError
 
 
+@pytest.mark.slow
 def test_sigkill_resume_is_exact_and_extension_is_smooth(tmp_path):
     steps = 16
     run_fit(tmp_path / "unbroken", f"--trainer.max_steps={steps}")
@@ -127,6 +129,7 @@ def test_sigkill_resume_is_exact_and_extension_is_smooth(tmp_path):
     assert ext[2 * steps - 1] < ext[resumed_from]  # it decays over the new horizon
 
 
+@pytest.mark.slow
 def test_fresh_fit_refuses_to_overwrite_and_last_must_exist(tmp_path):
     (tmp_path / "ckpt").mkdir()
     cmd = fit_cmd(tmp_path, "--trainer.max_steps=1", "--ckpt_path=last")
