@@ -158,8 +158,10 @@ def source_fingerprint(source: str) -> str:
     commit hash, or by the data files for a local folder); if that cannot be resolved (offline, no cache), the
     name itself, which ``data.cache=false`` bypasses.
     """
-    name, _, split = ("", "", "") if Path(source).is_file() else source.partition("#")
-    path = Path(name or source)
+    name, split = source, ""
+    if not Path(source).is_file():  # ``name#split`` (see _read_datasets)
+        name, _, split = source.partition("#")
+    path = Path(name)
     if path.is_file() or path.is_dir():
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         h = hashlib.sha256(split.encode())
@@ -169,6 +171,8 @@ def source_fingerprint(source: str) -> str:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
         return h.hexdigest()
+    if path.suffix in (".jsonl", ".json", ".csv"):  # a missing file: loading reports it
+        return hashlib.sha256(source.encode()).hexdigest()
     try:
         import datasets
 
