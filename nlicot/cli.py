@@ -12,7 +12,7 @@ What this adds to plain LightningCLI, and why:
   other model flag on the command line stays in force;
 * a fresh ``fit`` refuses to overwrite an earlier run's checkpoints, and ``--ckpt_path last`` with nothing to
   resume is an error, not a silent restart from scratch;
-* ``predict`` starts no TensorBoard version (it logs nothing; its output is the predictions folder);
+* ``predict`` starts no TensorBoard version (it logs nothing); its ``config.yaml`` lands in the predictions folder;
 * known input / setup errors print one ``error:`` line and exit non-zero, without a traceback; a ``fit``
   stopped by SIGTERM exits 143 (128 + 15, the shell's convention) after Lightning's graceful shutdown.
 """
@@ -83,8 +83,9 @@ class NLICoTCLI(LightningCLI):
         subcommand = self.subcommand
         config = self.config[subcommand]
         place_run(config)
-        if subcommand == "predict":
+        if subcommand == "predict":  # it logs nothing; its config.yaml goes beside the predictions it explains
             config.trainer.logger = False
+            config.trainer.default_root_dir = config.predictions.output_dir
         config.model = self.requested[subcommand].model.clone()
         ckpt = checkpoint_file(config)
         if ckpt is not None:

@@ -60,6 +60,7 @@ def test_predict_from_last_writes_into_the_run_and_starts_no_tensorboard_version
     nlicot("predict", "--config", "configs/demo.yaml", "--ckpt_path=last", f"--trainer.default_root_dir={run_root}",
            f"--data.predict_path={inputs}", "--model.max_new_tokens=4", "--trainer.enable_progress_bar=false")
     assert (run / "predictions" / "predictions.jsonl").is_file()
+    assert (run / "predictions" / "config.yaml").is_file() and not (run_root / "config.yaml").exists()
     assert versions(run) == before
 
 
