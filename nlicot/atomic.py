@@ -8,8 +8,8 @@ folders (the tiny model, data caches, adapter and export folders) go through :fu
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +20,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """Call ``write(f)`` on a binary temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its 0600 would survive the rename. 0666 lets the process umask decide, as for any new file.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -48,11 +50,11 @@ def atomic_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _new_dir(dest, "tmp")
     try:
         yield tmp
         if replace and dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = _new_dir(dest, "old")
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
@@ -64,3 +66,10 @@ def atomic_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _new_dir(dest: Path, kind: str) -> Path:
+    """An empty hidden folder beside ``dest``; not mkdtemp, whose 0700 would survive the rename (umask decides)."""
+    path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.{kind}"
+    path.mkdir(mode=0o777)
+    return path
