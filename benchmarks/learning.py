@@ -123,11 +123,11 @@ def main() -> int:
     args = parser.parse_args()
     print("machine:", ", ".join(f"{k} {v}" for k, v in machine().items()))
 
-    from nlicot import tiny_lm
+    from nlicot import hub, tiny_lm
 
     start = time.perf_counter()
-    was_cached = (Path(tiny_lm.cache_root()) / f"tiny-nli-mistral-v3-{tiny_lm.RECIPES['tiny-nli'].version}").is_dir()
-    tiny_lm.resolve("tiny-nli")
+    was_cached = (hub.cache_root() / tiny_lm.folder_name("tiny-nli")).is_dir()
+    hub.resolve_model_path("tiny-nli")
     base_s = time.perf_counter() - start
     print(f"tiny-nli base: {'cached' if was_cached else f'built and pretrained in {base_s:.0f} s'}")
 

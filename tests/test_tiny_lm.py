@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from nlicot.prompt import SpecialIds, TemplateTokenError
 
 
+@pytest.mark.slow
 def test_unknown_tiny_name_is_one_error_line(repo, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "nlicot", "fit", "--config", "configs/demo.yaml", "--model.model_name_or_path=tiny-xl",
