@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nlicot.corpus import CorpusError, load_rows
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import GenerateConfig as Config
 from data_gen.errors import ConfigError, InputError
 from data_gen.runner import run_stage
@@ -31,7 +31,7 @@ def stage(cfg: Config) -> ApiStage:
         request = ChatRequest(
             cfg.model, prompts.generation_messages(row["premise"], row["hypothesis"]), cfg.max_tokens, cfg.temperature, cfg.seed
         )
-        answer = yield from ask(request, prompts.parse_generation, cfg.max_tries, prompts.reprompt)
+        answer = yield from ask(request, answers.parse_generation, cfg.max_tries, prompts.reprompt)
         return {**row, **answer, "correct": answer["predicted_label"] == row["label"], "model": cfg.model}
 
     return ApiStage("generate", read_rows(cfg), workflow, (cfg.model,))
