@@ -25,6 +25,7 @@ import ast
 import json
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from nlicot.parsing import extract_prediction, json_objects, label_from_value
@@ -384,3 +385,42 @@ def parse_scores(text: str) -> dict[str, Any]:
     critique = _pick(fields, CRITIQUE_KEYS)
     scores["critique"] = flat(critique) if isinstance(critique, str) else ""
     return scores
+
+
+# --- what build keeps ---
+
+
+@dataclass(frozen=True)
+class QualityRules:
+    """Which thoughts ``build`` lets into the corpus (the defaults are the ``standard`` preset).
+
+    A thought whose stated verdict contradicts its label is always dropped: training on it would teach the model to
+    argue one way and answer the other.
+    """
+
+    steps: int | None = 3  # exact number of numbered steps; null: any
+    verdict_required: bool = False  # drop a thought whose last step states no verdict
+    min_words: int = 10
+    max_words: int | None = 150  # null: no limit
+
+    def failed_rule(self, flags: dict[str, Any]) -> str | None:
+        """The first rule the flags break, by the name ``build`` counts it under; ``None`` if the thought stays."""
+        if flags["verdict_consistent"] is False:
+            return "verdict_contradicts_label"
+        if self.verdict_required and flags["verdict_consistent"] is None:
+            return "no_verdict"
+        if self.steps is not None and flags["steps"] != self.steps:
+            return "wrong_step_count"
+        if flags["words"] < self.min_words:
+            return "too_few_words"
+        if self.max_words is not None and flags["words"] > self.max_words:
+            return "too_many_words"
+        return None
+
+
+QUALITY_RULES = ("verdict_contradicts_label", "no_verdict", "wrong_step_count", "too_few_words", "too_many_words")
+QUALITY_PRESETS = {
+    "lenient": QualityRules(steps=None, min_words=1, max_words=None),
+    "standard": QualityRules(),
+    "strict": QualityRules(steps=3, verdict_required=True, min_words=20, max_words=100),
+}
