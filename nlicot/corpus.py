@@ -67,9 +67,12 @@ def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
         except StopIteration:
             return
         except csv.Error as e:
-            if reader.line_num > first or "end of data" in str(e):
-                raise CorpusError(f"{path}:{first}: unbalanced quote: the quoted field opened on this line is not "
-                                  f"closed before line {reader.line_num} ({e})") from None
+            if "end of data" in str(e):
+                raise CorpusError(f"{path}:{first}: unbalanced quote: the quoted field opened on this line runs to "
+                                  "the end of the file") from None
+            if reader.line_num > first:
+                raise CorpusError(f"{path}:{first}: unbalanced quote: the quoted field opened on this line runs on to "
+                                  f"line {reader.line_num} ({e})") from None
             raise CorpusError(f"{path}:{first}: broken CSV line ({e})") from None
         start, end, first = first, reader.line_num, reader.line_num + 1
         where = f"{path}:{start}"
