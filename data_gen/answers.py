@@ -109,7 +109,8 @@ _NO = re.compile(
     r"|\b(?:does|do|did)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entail|imply|follow|support|prove)\w*"
     r"|\b(?:is|are)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entailed|implied|supported|true|correct|valid)\b"
     r"|\b(?:can\s*not|can't|could\s*not|couldn't|may\s+not)\s+(?:be\s+)?(?:logically\s+)?"
-    r"(?:inferred|concluded|deduced|derived|entailed|determined|confirmed|verified|conclude|infer|determine|deduce)\b"
+    r"(?:inferred|concluded|deduced|derived|entailed|determined|confirmed|verified|conclude|infer|determine|deduce|say|tell)\b"
+    r"|\b(?:not\s+possible|impossible)\s+to\s+(?:infer|conclude|determine|deduce|say|tell)\b"
     r"|\b(?:not|insufficient|without)\s+(?:enough\s+)?(?:information|evidence)\b"
     r"|\bno\s+(?:information|evidence)\b"
     r"|\bcontradict\w*|\bneutral\b|\bunrelated\b|\bmutually\s+exclusive\b|\bmay\s+or\s+may\s+not\b"
@@ -122,6 +123,7 @@ _YES = re.compile(
     r"|\b(?:can|could|may)\s+be\s+(?:logically\s+|safely\s+|directly\s+)?(?:inferred|concluded|deduced|derived)\b"
     r"|\bfollows?\s+(?:directly\s+|logically\s+|necessarily\s+)?from\b"
     r"|\b(?:is|are)\s+(?:directly\s+|clearly\s+|fully\s+)?(?:implied|supported)\s+by\b"
+    r"|\b(?:premise\s+)?supports\s+the\s+hypothesis\b"
     r"|\b(?:hypothesis|it)\s+(?:is|must\s+be)\s+true\b|\bmust\s+be\s+true\b"
     r"|\b(?:label|answer)\s*(?:is|:|=)?\s*1\b",
     re.IGNORECASE,
