@@ -48,6 +48,8 @@ REVISED_THOUGHT_KEYS = (
     "new_thought", "improved_reasoning", "corrected_reasoning", "revised_reasoning", "corrected_chain_of_thought",
     "improved_chain_of_thought", *THOUGHT_KEYS,
 )
+#: generate has no flaw to name, so an "analysis" there is the thought (in reflect it is the flaw).
+GENERATION_THOUGHT_KEYS = (*THOUGHT_KEYS, "analysis")
 LABEL_KEYS = (
     "predicted_label", "label", "prediction", "answer", "predicted", "final_label", "final_answer", "verdict",
     "classification", "nli_label", "correct_label", "corrected_label", "output", "result",
@@ -336,14 +338,14 @@ def _for_gold(gold: int, label: int) -> None:
         raise InvalidAnswer(f'"predicted_label" must be the correct label {gold}, got {label}')
 
 
-_ANSWER_GROUPS = ((THOUGHT_KEYS, _THOUGHT_WORDS), (LABEL_KEYS, _LABEL_WORDS))
+_ANSWER_GROUPS = ((GENERATION_THOUGHT_KEYS, _THOUGHT_WORDS), (LABEL_KEYS, _LABEL_WORDS))
 _REVISION_GROUPS = ((REVISED_THOUGHT_KEYS, _THOUGHT_WORDS), (LABEL_KEYS, _LABEL_WORDS), (FLAW_KEYS, _FLAW_WORDS))
 
 
 def parse_generation(text: str) -> dict[str, Any]:
     """generate: the normalised thought, its label and its quality flags."""
     fields = reply_fields(text, _ANSWER_GROUPS)
-    thought, label = _thought(fields, THOUGHT_KEYS), _label(fields)
+    thought, label = _thought(fields, GENERATION_THOUGHT_KEYS), _label(fields)
     return {"thought_process": thought, "predicted_label": label, "quality": quality(thought, label)}
 
 
