@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.errors import InputError
-from data_gen.store import Record, read_jsonl
+from data_gen.store import Record, missing_results, read_jsonl
 
 log = logging.getLogger(__name__)
 MAX_REPORTED = 20
@@ -26,14 +26,16 @@ def _valid(value: Any, kind: type) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def read_results(path: Path, fields: dict[str, type], counts: Counter[str] | None = None) -> list[Record]:
+def read_results(
+    path: Path, fields: dict[str, type], purpose: str = "read", counts: Counter[str] | None = None
+) -> list[Record]:
     """A stage's done rows, every missing or malformed field reported at once as ``file:line: …``.
 
     An id written twice (two writers on one output, an older version) never stops a reader: the first record is
     kept, the repeats are logged and counted in ``counts["duplicate_id"]``.
     """
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(missing_results(path, purpose))
     rows: list[Record] = []
     problems: list[str] = []
     seen: set[str] = set()

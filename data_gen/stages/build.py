@@ -184,12 +184,12 @@ def render_markdown(stats: dict[str, Any]) -> str:
 def main(cfg: Config) -> int:
     assert cfg.thoughts is not None and cfg.out_dir is not None
     duplicates: Counter[str] = Counter()
-    generated = read_results(cfg.thoughts, GENERATED_FIELDS, duplicates)
-    reflected = read_results(cfg.reflected, THOUGHT_FIELDS, duplicates) if cfg.reflected else []
+    generated = read_results(cfg.thoughts, GENERATED_FIELDS, purpose="build", counts=duplicates)
+    reflected = read_results(cfg.reflected, THOUGHT_FIELDS, counts=duplicates) if cfg.reflected else []
     rows, selection = candidates(generated, reflected)
     selection.update(duplicates)
     if cfg.scores:
-        scored = {r["id"]: r for r in read_results(cfg.scores, THOUGHT_FIELDS, selection)}
+        scored = {r["id"]: r for r in read_results(cfg.scores, THOUGHT_FIELDS, counts=selection)}
         kept = []
         for r in rows:
             s = scored.get(r["id"])
