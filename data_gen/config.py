@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import yaml
 
+from data_gen.answers import QUALITY_PRESETS, QualityRules
 from data_gen.errors import ConfigError
 
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
@@ -159,12 +160,20 @@ class BuildConfig:
     out_dir: Path | None = opt(None, "folder for train/val/test.jsonl and stats.json/stats.md (required)")
     tokenizer: str = opt("tiny", "tokenizer for the length filter: 'tiny' (the real Mistral v3 one, offline) or a path/hub id")
     max_total_tokens: int = opt(512, "drop rows whose prompt + answer + EOS is longer (nlicot's token count)")
+    quality: str | QualityRules = opt(
+        "standard",
+        "which thoughts enter the corpus: lenient | standard | strict, or rules {steps, verdict_required, min_words, "
+        "max_words} (unset ones as in standard); a verdict contradicting the label always goes",
+    )
     balance: bool = opt(False, "downsample the majority label to the minority count")
     val_fraction: float = opt(0.1, "share of each label that goes to val.jsonl")
     test_fraction: float = opt(0.0, "share of each label that goes to test.jsonl (0: no test file)")
     seed: int = opt(0, "seed for balancing and splitting")
     histogram_bins: int = opt(16, "bins of the token length histogram")
     quiet: bool = opt(False, "no summary on stdout")
+
+    def quality_rules(self) -> QualityRules:
+        return QUALITY_PRESETS[self.quality] if isinstance(self.quality, str) else self.quality
 
     def check(self) -> None:
         problems = [f"missing required key {k!r}" for k in ("thoughts", "out_dir") if getattr(self, k) is None]
@@ -174,6 +183,8 @@ class BuildConfig:
             problems.append("max_total_tokens and histogram_bins must be > 0")
         if self.min_score is not None and self.scores is None:
             problems.append("min_score needs scores")
+        if isinstance(self.quality, str) and self.quality not in QUALITY_PRESETS:
+            problems.append(f"quality must be one of {', '.join(QUALITY_PRESETS)} or a mapping of rules, got {self.quality!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -219,7 +230,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {str(k): coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, where)
+        return value if isinstance(value, tp) else build_dataclass(tp, value, where)  # a flag's value comes built
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),

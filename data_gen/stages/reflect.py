@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import ReflectConfig as Config
 from data_gen.corpus import GENERATED_FIELDS, read_results
 from data_gen.runner import run_stage
@@ -27,7 +27,7 @@ def stage(cfg: Config) -> ApiStage:
             row["premise"], row["hypothesis"], row["label"], row["flawed_thought"], row["flawed_label"]
         )
         request = ChatRequest(cfg.model, messages, cfg.max_tokens, cfg.temperature, cfg.seed)
-        answer = yield from ask(request, prompts.parse_reflection(row["label"]), cfg.max_tries, prompts.reprompt)
+        answer = yield from ask(request, answers.parse_reflection(row["label"]), cfg.max_tries, prompts.reprompt)
         return {**row, **answer, "model": cfg.model}
 
     return ApiStage("reflect", read_rows(cfg), workflow, (cfg.model,))

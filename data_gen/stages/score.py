@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import ScoreConfig as Config
 from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.errors import BudgetExhausted, RowFailed
@@ -41,7 +41,7 @@ def stage(cfg: Config) -> ApiStage:
         def judge(thought: str) -> Any:
             scores = yield from ask(
                 request(cfg.model, prompts.judge_messages(premise, hypothesis, gold, thought)),
-                prompts.parse_scores, cfg.max_tries, prompts.reprompt,
+                answers.parse_scores, cfg.max_tries, prompts.reprompt,
             )
             return {"thought_process": thought, **scores}
 
@@ -51,7 +51,7 @@ def stage(cfg: Config) -> ApiStage:
             try:
                 rewrite = yield from ask(
                     request(cfg.improve_model, prompts.improve_messages(premise, hypothesis, gold, history[-1]["thought_process"], history[-1])),
-                    prompts.parse_improvement(gold), cfg.max_tries, prompts.reprompt,
+                    answers.parse_improvement(gold), cfg.max_tries, prompts.reprompt,
                 )
                 history.append((yield from judge(rewrite)))
             except BudgetExhausted:
