@@ -21,7 +21,7 @@ from nlicot.prompt import encode_answers, encode_prompts
 from nlicot.tiny import load_tokenizer
 
 from data_gen.config import BuildConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.errors import InputError
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
 

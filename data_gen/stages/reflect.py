@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from data_gen import prompts
 from data_gen.config import ReflectConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, read_results
+from data_gen.results import GENERATED_FIELDS, read_results
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask

@@ -11,7 +11,7 @@ from typing import Any
 
 from data_gen import prompts
 from data_gen.config import ScoreConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.errors import BudgetExhausted, RowFailed
 from data_gen.runner import run_stage
 from data_gen.store import Record

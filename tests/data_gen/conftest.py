@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from data_gen.cli import main
-from data_gen.fake_api import FakeConfig, FakeMistral
+from fake_api import FakeConfig, FakeMistral
 
 #: The API key the tests use; it must never appear in any output file or log.
 KEY = "sk-test-0f1e2d3c4b5a-NEVER-LOG-ME"
