@@ -14,20 +14,63 @@ import logging
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nlicot.prompt import encode_answers, encode_prompts
 from nlicot.tiny import load_tokenizer
 
-from data_gen.config import BuildConfig as Config
 from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
-from data_gen.errors import InputError
+from data_gen.errors import ConfigError, InputError
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
 
 log = logging.getLogger(__name__)
 CORPUS_KEYS = ("id", "premise", "hypothesis", "label", "thought_process", "source")
 SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class BuildConfig:
+    """build: stage outputs -> the corpus JSONL nlicot trains on, plus stats (no API calls)."""
+
+    thoughts: Path | None = None
+    """generate's output (required)"""
+    reflected: Path | None = None
+    """reflect's output"""
+    scores: Path | None = None
+    """score's output: its (possibly rewritten) thoughts replace the originals"""
+    min_score: int | None = None
+    """with scores: drop rows whose lowest criterion is below this"""
+    out_dir: Path | None = None
+    """folder for train/val/test.jsonl and stats.json/stats.md (required)"""
+    tokenizer: str = "tiny"
+    """tokenizer for the length filter: 'tiny' (the real Mistral v3 one, offline) or a path/hub id"""
+    max_total_tokens: int = 512
+    """drop rows whose prompt + answer + EOS is longer (nlicot's token count)"""
+    balance: bool = False
+    """downsample the majority label to the minority count"""
+    val_fraction: float = 0.1
+    """share of each label that goes to val.jsonl"""
+    test_fraction: float = 0.0
+    """share of each label that goes to test.jsonl (0: no test file)"""
+    seed: int = 0
+    """seed for balancing and splitting"""
+    histogram_bins: int = 16
+    """bins of the token length histogram"""
+    quiet: bool = False
+    """no summary on stdout"""
+
+    def check(self) -> None:
+        problems = [f"missing required key {k!r}" for k in ("thoughts", "out_dir") if getattr(self, k) is None]
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            problems.append("val_fraction and test_fraction must be in [0, 1) and sum to < 1")
+        if self.max_total_tokens <= 0 or self.histogram_bins <= 0:
+            problems.append("max_total_tokens and histogram_bins must be > 0")
+        if self.min_score is not None and self.scores is None:
+            problems.append("min_score needs scores")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def token_lengths(tokenizer: Any, rows: list[Record]) -> list[int]:
@@ -139,7 +182,7 @@ def render_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Config) -> int:
+def main(cfg: BuildConfig) -> int:
     assert cfg.thoughts is not None and cfg.out_dir is not None
     generated = read_results(cfg.thoughts, GENERATED_FIELDS)
     reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []

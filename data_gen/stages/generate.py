@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from nlicot.corpus import CorpusError, load_rows
 
 from data_gen import prompts
-from data_gen.config import GenerateConfig as Config
+from data_gen.config import ApiStageConfig
 from data_gen.errors import ConfigError, InputError
 from data_gen.runner import run_stage
 from data_gen.store import Record
@@ -14,7 +16,15 @@ from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 INPUT_FIELDS = ("id", "premise", "hypothesis", "label")
 
 
-def read_rows(cfg: Config) -> list[Record]:
+@dataclass
+class GenerateConfig(ApiStageConfig):
+    """generate: one 3-step thought and a label per input row (CSV or JSONL)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """map our field names (id, premise, hypothesis, label) to the input's columns"""
+
+
+def read_rows(cfg: GenerateConfig) -> list[Record]:
     """The input rows (CSV or JSONL), validated by the same reader ``nlicot`` trains from."""
     unknown = sorted(set(cfg.columns) - set(INPUT_FIELDS))
     if unknown:
@@ -26,7 +36,7 @@ def read_rows(cfg: Config) -> list[Record]:
     return [{k: r[k] for k in INPUT_FIELDS} for r in rows]
 
 
-def stage(cfg: Config) -> ApiStage:
+def stage(cfg: GenerateConfig) -> ApiStage:
     def workflow(row: Record) -> Workflow:
         request = ChatRequest(
             cfg.model, prompts.generation_messages(row["premise"], row["hypothesis"]), cfg.max_tokens, cfg.temperature, cfg.seed
@@ -37,5 +47,5 @@ def stage(cfg: Config) -> ApiStage:
     return ApiStage("generate", read_rows(cfg), workflow, (cfg.model,))
 
 
-def main(cfg: Config) -> int:
+def main(cfg: GenerateConfig) -> int:
     return run_stage(stage(cfg), cfg)
