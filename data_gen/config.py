@@ -208,10 +208,10 @@ def normalise_flags(argv: list[str], cls: type) -> list[str]:
         name = name.replace("-", "_")
         head, _, last = name.rpartition(".")
         negated = f"{head}.{last[3:]}" if head else last[3:]
-        nxt = argv[i + 1].lower() if i + 1 < len(argv) else "--"
+        value_follows = i + 1 < len(argv) and not argv[i + 1].startswith("-")  # no positionals: it is our value
         if not eq and last.startswith("no_") and negated in booleans:
             out.append(f"--{negated}=false")
-        elif not eq and name in booleans and nxt not in ("true", "false"):
+        elif not eq and name in booleans and not value_follows:
             out.append(f"--{name}=true")
         else:
             out.append(f"--{name}{eq}{value}")
