@@ -30,9 +30,3 @@ class RequestFailed(Exception):
 class RowFailed(Exception):
     """A row cannot be completed (e.g. no valid answer within ``max_tries``); the reason is recorded."""
 
-
-#: Exit statuses of every command (``run`` stops at the first stage that returns 2 or 3, goes on past 4).
-EXIT_OK = 0  # every row done
-EXIT_USAGE = 2  # usage / config / input / auth error, printed as one ``error:`` line
-EXIT_INCOMPLETE = 3  # stopped early, resumable by rerunning the same command (budget, batch job, outage)
-EXIT_ROWS_FAILED = 4  # finished, but some rows failed (count and top reasons in the summary)

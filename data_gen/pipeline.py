@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.config import ApiStageConfig
-from data_gen.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_ROWS_FAILED, EXIT_USAGE, ConfigError
+from data_gen.errors import EXIT_RESUMABLE, EXIT_DONE, EXIT_FAILED_ROWS, EXIT_USAGE, ConfigError
 from data_gen.progress import pipeline_step
 from data_gen.stages import build, generate, reflect, score
 from data_gen.stages.build import BuildConfig
@@ -123,11 +123,11 @@ def run(cfg: PipelineConfig) -> int:
         log.info("run %d/%d: %s (£%.4f spent by the other stages)", index, len(stages) + 1, name, elsewhere)
         with pipeline_step(index, len(stages) + 1, elsewhere):
             codes[name] = main(stage_cfg)
-        if codes[name] in (EXIT_USAGE, EXIT_INCOMPLETE):
+        if codes[name] in (EXIT_USAGE, EXIT_RESUMABLE):
             print(summary(cfg, codes))
             log.warning("run stopped at %s (exit %d); rerun the same command to continue", name, codes[name])
             return codes[name]
     log.info("run %d/%d: build", len(stages) + 1, len(stages) + 1)
     codes["build"] = build.main(dataclasses.replace(cfg.build, quiet=True))  # its table is in stats.md
     print(summary(cfg, codes))
-    return EXIT_ROWS_FAILED if EXIT_ROWS_FAILED in codes.values() else EXIT_OK
+    return EXIT_FAILED_ROWS if EXIT_FAILED_ROWS in codes.values() else EXIT_DONE
