@@ -48,7 +48,7 @@ class ScoreConfig(ApiStageConfig):
 def read_rows(cfg: ScoreConfig) -> list[Record]:
     assert cfg.input is not None
     reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
-    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS), reflected)
+    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS, purpose="score"), reflected)
     return rows
 
 
