@@ -1,18 +1,17 @@
-"""System prompts, few-shot examples, message builders and answer checkers for every API stage.
+"""System prompts, few-shot examples and message builders for every API stage.
 
-The thought style is the corpus contract (docs/corpus_format.md): exactly ``step 1: … step 2: … step 3: …``,
-step 3 opening with the verdict (``entailment, because …`` for label 1, ``no entailment, because …`` for 0).
-The checkers enforce it, and their messages go back to the model verbatim when it has to try again.
+They ask for the corpus style (docs/corpus_format.md): exactly ``step 1: … step 2: … step 3: …``, step 3 opening
+with the verdict (``entailment, because …`` for label 1, ``no entailment, because …`` for 0), 35 to 90 words.
+Replies are read by :mod:`data_gen.answers`, which re-prompts only for an unusable reply and records how far a
+usable one strays from this style as quality flags; the reasons it gives go back to the model verbatim.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
 from typing import Any
 
-from data_gen.workflow import InvalidAnswer, Message
+from data_gen.workflow import Message
 
 LABEL_NAMES = {1: "entailment", 0: "no entailment"}
 REPROMPT_PREFIX = "Your reply could not be used:"
@@ -97,13 +96,13 @@ def task_of(system_prompt: str) -> str | None:
     return next((task for task, text in SYSTEM.items() if text == system_prompt), None)
 
 
-def _flat(text: str) -> str:
+def flat(text: str) -> str:
     """One line, single spaces: newlines in a premise must not break the message layout."""
     return " ".join(str(text).split())
 
 
 def _pair(premise: str, hypothesis: str) -> str:
-    return f"Premise: {_flat(premise)}\nHypothesis: {_flat(hypothesis)}"
+    return f"Premise: {flat(premise)}\nHypothesis: {flat(hypothesis)}"
 
 
 def _gold(label: int) -> str:
@@ -125,7 +124,7 @@ def generation_messages(premise: str, hypothesis: str) -> tuple[Message, ...]:
 
 
 def _reflect_user(premise: str, hypothesis: str, gold: int, thought: str, predicted: int) -> str:
-    return f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nFlawed thought: {_flat(thought)}\nFlawed label: {predicted}"
+    return f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nFlawed thought: {flat(thought)}\nFlawed label: {predicted}"
 
 
 def reflection_messages(premise: str, hypothesis: str, gold: int, thought: str, predicted: int) -> tuple[Message, ...]:
@@ -135,12 +134,12 @@ def reflection_messages(premise: str, hypothesis: str, gold: int, thought: str, 
 
 
 def judge_messages(premise: str, hypothesis: str, gold: int, thought: str) -> tuple[Message, ...]:
-    return _chat("judge", f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nThought: {_flat(thought)}")
+    return _chat("judge", f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nThought: {flat(thought)}")
 
 
 def improve_messages(premise: str, hypothesis: str, gold: int, thought: str, scores: dict[str, Any]) -> tuple[Message, ...]:
     graded = ", ".join(f"{k} {scores[k]}" for k in SCORE_KEYS)
-    user = f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nThought: {_flat(thought)}\nScores: {graded}\nCritique: {_flat(scores['critique'])}"
+    user = f"{_pair(premise, hypothesis)}\n{_gold(gold)}\nThought: {flat(thought)}\nScores: {graded}\nCritique: {flat(scores['critique']) or '(none given)'}"
     return _chat("improve", user)
 
 
@@ -148,104 +147,4 @@ def reprompt(reason: str) -> str:
     return f"{REPROMPT_PREFIX} {reason}. Reply again with only the JSON object described in the instructions."
 
 
-# --- answer checkers: return the cleaned fields or raise InvalidAnswer with a message for the model ---
-
 SCORE_KEYS = ("coherence", "correctness", "brevity")
-_STEP = re.compile(r"\bstep\s*(\d+)\s*[:.)\-]", re.IGNORECASE)
-
-
-def parse_json(text: str) -> dict[str, Any]:
-    body = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.DOTALL)  # JSON mode should not, but some servers do
-    if fenced:
-        body = fenced.group(1)
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise InvalidAnswer(f"it is not valid JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(obj, dict):
-        raise InvalidAnswer(f"it is JSON but not an object (got {type(obj).__name__})")
-    return obj
-
-
-def _label(obj: dict[str, Any]) -> int:
-    value = obj.get("predicted_label")
-    if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return value
-    raise InvalidAnswer(f'"predicted_label" must be the number 0 or 1, got {json.dumps(value)}')
-
-
-def _text(obj: dict[str, Any], key: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidAnswer(f'"{key}" must be a non-empty string')
-    return _flat(value)
-
-
-def check_thought(thought: str, label: int) -> str:
-    """The thought in canonical form (``step N: `` markers, single spaces) if it follows the 3-step style."""
-    marks = list(_STEP.finditer(thought))
-    numbers = [int(m.group(1)) for m in marks]
-    if numbers != [1, 2, 3] or marks[0].start() != 0:
-        raise InvalidAnswer(
-            '"thought_process" must be exactly "step 1: ... step 2: ... step 3: ..." '
-            f"(found step markers {numbers or 'none'})"
-        )
-    parts = [thought[a.end() : b.start() if b else None].strip() for a, b in zip(marks, [*marks[1:], None])]
-    if not all(parts):
-        raise InvalidAnswer("every step needs text after its marker")
-    verdict = parts[2].lower()
-    says = 0 if verdict.startswith(("no entailment", "not entailment")) else 1 if verdict.startswith("entailment") else None
-    if says is None:
-        raise InvalidAnswer('step 3 must start with "entailment, because" or "no entailment, because"')
-    if says != label:
-        raise InvalidAnswer(f'step 3 says "{LABEL_NAMES[says]}" but predicted_label is {label}')
-    return " ".join(f"step {i}: {p}" for i, p in enumerate(parts, start=1))
-
-
-def parse_generation(text: str) -> dict[str, Any]:
-    obj = parse_json(text)
-    label = _label(obj)
-    return {"thought_process": check_thought(_text(obj, "thought_process"), label), "predicted_label": label}
-
-
-def _for_gold(gold: int, label: int) -> None:
-    if label != gold:
-        raise InvalidAnswer(f'"predicted_label" must be the correct label {gold}, got {label}')
-
-
-def parse_reflection(gold: int) -> Callable[[str], dict[str, Any]]:
-    def parse(text: str) -> dict[str, Any]:
-        obj = parse_json(text)
-        flaw = _text(obj, "flaw_analysis")
-        label = _label(obj)
-        _for_gold(gold, label)
-        return {"flaw_analysis": flaw, "thought_process": check_thought(_text(obj, "thought_process"), label)}
-
-    return parse
-
-
-def parse_improvement(gold: int) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        obj = parse_json(text)
-        label = _label(obj)
-        _for_gold(gold, label)
-        return check_thought(_text(obj, "thought_process"), label)
-
-    return parse
-
-
-def parse_scores(text: str) -> dict[str, Any]:
-    obj = parse_json(text)
-    scores: dict[str, Any] = {}
-    for key in SCORE_KEYS:
-        value = obj.get(key)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
-            raise InvalidAnswer(f'"{key}" must be an integer from 1 to 5, got {json.dumps(value)}')
-        scores[key] = value
-    scores["critique"] = _text(obj, "critique")
-    return scores

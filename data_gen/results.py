@@ -6,6 +6,7 @@ A row enters the corpus with its ``initial`` thought when the generation model g
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from data_gen.errors import InputError
 from data_gen.store import Record, missing_results, read_jsonl
 
+log = logging.getLogger(__name__)
 MAX_REPORTED = 20
 THOUGHT_FIELDS = {"id": str, "premise": str, "hypothesis": str, "label": int, "thought_process": str}
 GENERATED_FIELDS = {**THOUGHT_FIELDS, "predicted_label": int}
@@ -24,22 +26,37 @@ def _valid(value: Any, kind: type) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def read_results(path: Path, fields: dict[str, type], purpose: str = "read") -> list[Record]:
-    """A stage's done rows, every missing or malformed field reported at once as ``file:line: …``."""
+def read_results(
+    path: Path, fields: dict[str, type], purpose: str = "read", counts: Counter[str] | None = None
+) -> list[Record]:
+    """A stage's done rows, every missing or malformed field reported at once as ``file:line: …``.
+
+    An id written twice (two writers on one output, an older version) never stops a reader: the first record is
+    kept, the repeats are logged and counted in ``counts["duplicate_id"]``.
+    """
     if not path.is_file():
         raise InputError(missing_results(path, purpose))
     rows: list[Record] = []
     problems: list[str] = []
+    seen: set[str] = set()
+    repeated = 0
     for n, rec in read_jsonl(path):
         bad = [k for k, kind in fields.items() if not _valid(rec.get(k), kind)]
         if bad:
             problems.append(f"{path}:{n}: missing or invalid {', '.join(bad)}")
             if len(problems) >= MAX_REPORTED:
                 break
+        elif rec["id"] in seen:
+            repeated += 1
         else:
+            seen.add(rec["id"])
             rows.append(rec)
     if problems:
         raise InputError(f"{len(problems)} problem(s) in {path}:\n  " + "\n  ".join(problems))
+    if repeated:
+        log.warning("%s: %d record(s) repeat an id already read; kept the first of each", path, repeated)
+        if counts is not None:
+            counts["duplicate_id"] += repeated
     return rows
 
 

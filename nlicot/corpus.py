@@ -7,9 +7,12 @@ inputs only need premise and hypothesis (label optional).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,22 +25,69 @@ class CorpusError(ValueError):
     """Bad input data: the message names every offending file:line or row."""
 
 
+def _text(path: Path) -> str:
+    """The file decoded as UTF-8 (a leading BOM dropped); the first byte that is not UTF-8 is named by line and column."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read ({e.strerror})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        line = data.count(b"\n", 0, e.start) + 1
+        column = len(data[line_start : e.start].decode("utf-8")) + 1  # characters, as an editor counts them
+        raise CorpusError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {column})") from None
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{n}", CorpusError(f"{path}:{n}: broken JSON line ({e.msg} at column {e.colno})")
+    for n, line in enumerate(io.StringIO(_text(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"{path}:{n}", CorpusError(f"{path}:{n}: broken JSON line ({e.msg} at column {e.colno})")
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+    """Rows as dicts named by the header, each at the line it *starts* on.
+
+    A quote that opens a field and is never closed makes the CSV reader swallow the following lines, so the error
+    it raises (or the odd row it returns) surfaces lines later; it is reported at the line where the quote opened.
+    """
+    text = _text(path)
+    lines = re.split(r"\r\n|\r|\n", text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    first, header = 1, None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if "end of data" in str(e):
+                raise CorpusError(f"{path}:{first}: unbalanced quote: the quoted field opened on this line runs to "
+                                  "the end of the file") from None
+            if reader.line_num > first:
+                raise CorpusError(f"{path}:{first}: unbalanced quote: the quoted field opened on this line runs on to "
+                                  f"line {reader.line_num} ({e})") from None
+            raise CorpusError(f"{path}:{first}: broken CSV line ({e})") from None
+        start, end, first = first, reader.line_num, reader.line_num + 1
+        where = f"{path}:{start}"
+        if not fields:
+            continue
+        if header is None:
+            header = fields
+            continue
+        inside = lines[start : end - 1]  # lines swallowed whole by a quoted field
+        if end > start and (len(fields) != len(header) or any(x.count(",") >= len(header) - 1 for x in inside)):
+            raise CorpusError(f"{where}: unbalanced quote: the quoted field opened on this line runs on to line {end}")
+        if len(fields) > len(header) and any(f.strip() for f in fields[len(header) :]):
+            yield where, CorpusError(f"{where}: expected {len(header)} fields (as in the header), got {len(fields)}")
+            continue
+        yield where, dict(zip(header, fields + [None] * (len(header) - len(fields))))
 
 
 def _read_datasets(source: str, split: str) -> Iterator[tuple[str, Any]]:
@@ -93,16 +143,25 @@ def load_rows(
     columns: Mapping[str, str] | None = None,
     require_thought: bool = True,
     require_label: bool = True,
+    content_ids: bool = False,
 ) -> list[dict[str, Any]]:
     """Read, rename (``columns`` maps our field name to the source's column) and validate every row.
 
     Returns rows with ``id``, ``premise``, ``hypothesis``, ``label`` (int or None), ``thought_process``
     (str or None), ``source`` and ``where`` (file:line, for later messages).
+
+    A row without an id gets ``file:line`` by default: for training and prediction the id only has to name the row
+    in messages and prediction outputs, and a prediction input may hold the same pair twice on purpose.
+    ``content_ids`` (data_gen, where an id decides what is paid for) gives it :func:`pair_id` instead, which
+    survives renaming the file or inserting rows, and keeps each (premise, hypothesis) pair once: a repeat with the
+    same label and thought is dropped and its place listed in the kept row's ``also_at``; one with a different
+    label or thought is a problem.
     """
     rename = {ours: theirs for ours, theirs in (columns or {}).items()}
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     first_seen: dict[str, str] = {}
+    pairs: dict[str, dict[str, Any]] = {}
 
     def bad(msg: str) -> None:
         problems.append(msg)
@@ -135,7 +194,20 @@ def load_rows(
         row["thought_process"] = thought if isinstance(thought, str) else None
         row["source"] = str(get["source"] or "initial")
         row_id = get["id"]
-        row["id"] = str(row_id) if row_id not in (None, "") else where.rsplit("/", 1)[-1]
+        valid_pair = all(isinstance(row[f], str) and row[f].strip() for f in ("premise", "hypothesis"))
+        if content_ids and valid_pair:
+            key = pair_id(row["premise"], row["hypothesis"])
+            kept = pairs.setdefault(key, row)
+            if kept is not row:
+                if (kept["label"], kept["thought_process"]) == (row["label"], row["thought_process"]):
+                    kept.setdefault("also_at", []).append(where)
+                else:
+                    bad(f"{where}: same premise and hypothesis as {kept['where']} but a different label or thought")
+                continue
+        if row_id not in (None, ""):
+            row["id"] = str(row_id)
+        else:
+            row["id"] = pair_id(row["premise"], row["hypothesis"]) if content_ids and valid_pair else where.rsplit("/", 1)[-1]
         if row["id"] in first_seen:
             bad(f"{where}: duplicate id {row['id']!r} (first at {first_seen[row['id']]})")
         first_seen.setdefault(row["id"], where)
@@ -148,6 +220,16 @@ def load_rows(
     if not rows:
         raise CorpusError(f"{source}: no rows")
     return rows
+
+
+def pair_id(premise: str, hypothesis: str) -> str:
+    """``p-`` + 16 hex digits of SHA-256 over the pair, whitespace runs folded to one space (case is kept).
+
+    The id data_gen gives a row without an ``id`` column: it depends on nothing but the pair, so renaming the input
+    or inserting a row leaves every other row's id (and its paid result) in place.
+    """
+    text = " ".join(premise.split()) + "\n" + " ".join(hypothesis.split())
+    return "p-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def source_fingerprint(source: str) -> str:

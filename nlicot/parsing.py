@@ -86,15 +86,27 @@ def _norm_key(key: str) -> str:
     return re.sub(r"[\s-]+", "_", key.strip().lower())
 
 
-def _strict(text: str) -> Extraction | None:
-    """The label-bearing valid JSON object that ends last, or None if there is none."""
-    best: tuple[int, dict] | None = None
+def json_objects(text: str) -> list[tuple[int, dict]]:
+    """Every JSON object that starts at some ``{`` of ``text`` (nested ones too), with the offset where it ends.
+
+    Raw newlines inside strings are accepted. data_gen picks its stage's answer among these.
+    """
+    found = []
     for start in (m.start() for m in re.finditer(r"\{", text)):
         try:
             obj, end = _DECODER.raw_decode(text, start)
         except ValueError:
             continue
-        if isinstance(obj, dict) and any(_norm_key(k) in _LABEL_KEYS for k in obj):
+        if isinstance(obj, dict):
+            found.append((end, obj))
+    return found
+
+
+def _strict(text: str) -> Extraction | None:
+    """The label-bearing valid JSON object that ends last, or None if there is none."""
+    best: tuple[int, dict] | None = None
+    for end, obj in json_objects(text):
+        if any(_norm_key(k) in _LABEL_KEYS for k in obj):
             if best is None or end > best[0]:
                 best = (end, obj)
     if best is None:

@@ -1,28 +1,34 @@
 """``build``: stage outputs -> the corpus ``nlicot`` trains on, plus a stats report. No API calls.
 
-Order: choose each row's thought (initial if right, reflected if fixed, scored rewrite if given) -> drop rows
-whose prompt + answer is longer than ``max_total_tokens`` (counted with nlicot's own template and the real
-Mistral tokenizer, so the limit means exactly what training sees) -> optional label balancing -> a split
-stratified by label. Every file is written to a temporary name and renamed.
+Order: choose each row's thought (initial if right, reflected if fixed, scored rewrite if given) -> keep each
+(premise, hypothesis) pair once -> drop thoughts that break the ``quality`` rules (flags from
+:func:`data_gen.answers.quality`, recomputed here because a reflected or rewritten thought replaced the one
+generate measured) -> drop rows whose prompt + answer is longer than ``max_total_tokens`` (counted with nlicot's
+own template and the real Mistral tokenizer, so the limit means exactly what training sees) -> optional label
+balancing -> a split chosen by a hash of each pair's content, so a pair is never in two splits and stays in its
+split when the corpus is rebuilt or grows. stats.json/stats.md count the rows each step and each rule removed.
+Every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import math
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nlicot.corpus import pair_id
 from nlicot.prompt import encode_answers, encode_prompts
 from nlicot.tiny import load_tokenizer
 
-from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
+from data_gen.answers import QUALITY_PRESETS, QUALITY_RULES, QualityRules, quality
 from data_gen.errors import ConfigError, InputError
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,9 @@ class BuildConfig:
     """tokenizer for the length filter: 'tiny' (the real Mistral v3 one, offline) or a path/hub id"""
     max_total_tokens: int = 512
     """drop rows whose prompt + answer + EOS is longer (nlicot's token count)"""
+    quality: str | QualityRules = "standard"
+    """which thoughts enter the corpus: lenient | standard | strict, or rules {steps, verdict_required, min_words,
+    max_words} (unset ones as in standard); a verdict contradicting the label always goes"""
     balance: bool = False
     """downsample the majority label to the minority count"""
     val_fraction: float = 0.1
@@ -61,6 +70,9 @@ class BuildConfig:
     quiet: bool = False
     """no summary on stdout"""
 
+    def quality_rules(self) -> QualityRules:
+        return QUALITY_PRESETS[self.quality] if isinstance(self.quality, str) else self.quality
+
     def check(self) -> None:
         problems = [f"missing required key {k!r}" for k in ("thoughts", "out_dir") if getattr(self, k) is None]
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
@@ -69,6 +81,8 @@ class BuildConfig:
             problems.append("max_total_tokens and histogram_bins must be > 0")
         if self.min_score is not None and self.scores is None:
             problems.append("min_score needs scores")
+        if isinstance(self.quality, str) and self.quality not in QUALITY_PRESETS:
+            problems.append(f"quality must be one of {', '.join(QUALITY_PRESETS)} or a mapping of rules, got {self.quality!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -108,20 +122,52 @@ def histogram(values: list[int], bins: int, limit: int) -> dict[str, list[int]]:
     return {"edges": [i * width for i in range(bins + 1)], "counts": counts}
 
 
+def _unit(row: Record, seed: int) -> float:
+    """Where a pair falls in [0, 1): SHA-256 of the seed and the pair's content id."""
+    digest = hashlib.sha256(f"{seed}\n{pair_id(row['premise'], row['hypothesis'])}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split(rows: list[Record], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[Record]]:
-    """Shuffle each label's rows with ``seed`` and cut val and test shares (rounded up) off the front."""
-    rng = random.Random(seed)
+    """val below ``val_fraction``, test below ``val_fraction + test_fraction``, train above, by :func:`_unit`.
+
+    A pair's split depends on its content and the seed only, not on the other rows. A split asked for but caught
+    no pair (a tiny corpus) takes the train pair nearest to its range, so it is never empty while train has two.
+    """
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}
-    for label in (0, 1):
-        group = sorted((r for r in rows if r["label"] == label), key=lambda r: r["id"])
-        rng.shuffle(group)
-        n_val, n_test = math.ceil(len(group) * val_fraction), math.ceil(len(group) * test_fraction)
-        out["val"] += group[:n_val]
-        out["test"] += group[n_val : n_val + n_test]
-        out["train"] += group[n_val + n_test :]
-    for part in out.values():
-        rng.shuffle(part)  # labels interleaved rather than in two blocks
+    ranked = sorted(rows, key=lambda r: _unit(r, seed))  # a seeded, content-defined order within each split
+    for r in ranked:
+        u = _unit(r, seed)
+        out["val" if u < val_fraction else "test" if u < val_fraction + test_fraction else "train"].append(r)
+    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if fraction > 0 and not out[name] and len(out["train"]) > 1:
+            out[name].append(out["train"].pop(0))
     return out
+
+
+def dedup_pairs(rows: list[Record]) -> tuple[list[Record], int]:
+    """The first row of each (premise, hypothesis) pair, and how many repeats were dropped."""
+    seen: set[str] = set()
+    kept = []
+    for r in rows:
+        key = pair_id(r["premise"], r["hypothesis"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept, len(rows) - len(kept)
+
+
+def filter_quality(rows: list[Record], rules: QualityRules) -> tuple[list[Record], dict[str, int]]:
+    """Rows whose thought passes ``rules``, and how many each rule removed (a row counts under its first broken rule)."""
+    removed = dict.fromkeys(QUALITY_RULES, 0)
+    kept = []
+    for r in rows:
+        rule = rules.failed_rule(quality(r["thought_process"], r["label"]))
+        if rule is None:
+            kept.append(r)
+        else:
+            removed[rule] += 1
+    return kept, removed
 
 
 def balance(rows: list[Record], seed: int) -> list[Record]:
@@ -158,6 +204,10 @@ def render_markdown(stats: dict[str, Any]) -> str:
         "|---|---|",
         *(f"| {k.replace('_', ' ')} | {v} |" for k, v in stats["selection"].items()),
         "",
+        f"Quality rules ({stats['quality']['preset'] or 'custom'}): "
+        + ", ".join(f"{k} {v}" for k, v in stats["quality"]["rules"].items())
+        + "; a verdict that contradicts the label always removes the row.",
+        "",
         "| split | rows | label 0 | label 1 | initial | reflected |",
         "|---|---|---|---|---|---|",
     ]
@@ -184,11 +234,13 @@ def render_markdown(stats: dict[str, Any]) -> str:
 
 def main(cfg: BuildConfig) -> int:
     assert cfg.thoughts is not None and cfg.out_dir is not None
-    generated = read_results(cfg.thoughts, GENERATED_FIELDS, purpose="build")
-    reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
+    duplicates: Counter[str] = Counter()
+    generated = read_results(cfg.thoughts, GENERATED_FIELDS, purpose="build", counts=duplicates)
+    reflected = read_results(cfg.reflected, THOUGHT_FIELDS, counts=duplicates) if cfg.reflected else []
     rows, selection = candidates(generated, reflected)
+    selection.update(duplicates)
     if cfg.scores:
-        scored = {r["id"]: r for r in read_results(cfg.scores, THOUGHT_FIELDS)}
+        scored = {r["id"]: r for r in read_results(cfg.scores, THOUGHT_FIELDS, counts=selection)}
         kept = []
         for r in rows:
             s = scored.get(r["id"])
@@ -199,6 +251,10 @@ def main(cfg: BuildConfig) -> int:
                     continue
             kept.append(r)
         rows = kept
+    rows, selection["duplicate_pair"] = dedup_pairs(rows)
+    rules = cfg.quality_rules()
+    rows, removed = filter_quality(rows, rules)
+    selection.update({f"quality_{rule}": n for rule, n in removed.items()})
     tokenizer = load_tokenizer(cfg.tokenizer)
     lengths = token_lengths(tokenizer, rows)
     fits = [r for r, n in zip(rows, lengths) if n <= cfg.max_total_tokens]
@@ -239,6 +295,8 @@ def main(cfg: BuildConfig) -> int:
             "histogram": histogram(lengths, cfg.histogram_bins, cfg.max_total_tokens),
         },
         "cost_gbp": stage_costs({"generate": cfg.thoughts, "reflect": cfg.reflected, "score": cfg.scores}),
+        "quality": {"preset": cfg.quality if isinstance(cfg.quality, str) else None, "rules": dataclasses.asdict(rules),
+                    "removed": removed},
         "settings": {"tokenizer": cfg.tokenizer, "balance": cfg.balance, "val_fraction": cfg.val_fraction,
                      "test_fraction": cfg.test_fraction, "seed": cfg.seed, "min_score": cfg.min_score},
     }

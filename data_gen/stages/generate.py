@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from nlicot.corpus import CorpusError, load_rows
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
 from data_gen.errors import ConfigError, InputError
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 
+log = logging.getLogger(__name__)
 INPUT_FIELDS = ("id", "premise", "hypothesis", "label")
 
 
@@ -25,14 +27,23 @@ class GenerateConfig(ApiStageConfig):
 
 
 def read_rows(cfg: GenerateConfig) -> list[Record]:
-    """The input rows (CSV or JSONL), validated by the same reader ``nlicot`` trains from."""
+    """The input rows (CSV or JSONL), validated by the same reader ``nlicot`` trains from.
+
+    Without an ``id`` column a row's id is a content hash of its (premise, hypothesis) (``nlicot.corpus.pair_id``),
+    so a renamed or reordered input resumes onto the results already paid for. A pair that occurs more than once is
+    asked about once; the repeats are named in the log.
+    """
     unknown = sorted(set(cfg.columns) - set(INPUT_FIELDS))
     if unknown:
         raise ConfigError(f"columns: unknown field(s) {', '.join(unknown)}; map only {', '.join(INPUT_FIELDS)}")
     try:
-        rows = load_rows(str(cfg.input), columns=cfg.columns, require_thought=False)
+        rows = load_rows(str(cfg.input), columns=cfg.columns, require_thought=False, content_ids=True)
     except CorpusError as e:
         raise InputError(str(e)) from None
+    repeats = [f"{where} (same pair as {r['where']})" for r in rows for where in r.get("also_at", [])]
+    if repeats:
+        shown = "; ".join(repeats[:5]) + (f"; … {len(repeats) - 5} more" if len(repeats) > 5 else "")
+        log.warning("%s: %d duplicate pair(s) kept once: %s", cfg.input, len(repeats), shown)
     return [{k: r[k] for k in INPUT_FIELDS} for r in rows]
 
 
@@ -41,7 +52,7 @@ def stage(cfg: GenerateConfig) -> ApiStage:
         request = ChatRequest(
             cfg.model, prompts.generation_messages(row["premise"], row["hypothesis"]), cfg.max_tokens, cfg.temperature, cfg.seed
         )
-        answer = yield from ask(request, prompts.parse_generation, cfg.max_tries, prompts.reprompt)
+        answer = yield from ask(request, answers.parse_generation, cfg.max_tries, prompts.reprompt)
         return {**row, **answer, "correct": answer["predicted_label"] == row["label"], "model": cfg.model}
 
     return ApiStage("generate", read_rows(cfg), workflow, (cfg.model,))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
 from data_gen.results import GENERATED_FIELDS, read_results
 from data_gen.runner import run_stage
@@ -41,7 +41,7 @@ def stage(cfg: ReflectConfig) -> ApiStage:
             row["premise"], row["hypothesis"], row["label"], row["flawed_thought"], row["flawed_label"]
         )
         request = ChatRequest(cfg.model, messages, cfg.max_tokens, cfg.temperature, cfg.seed)
-        answer = yield from ask(request, prompts.parse_reflection(row["label"]), cfg.max_tries, prompts.reprompt)
+        answer = yield from ask(request, answers.parse_reflection(row["label"]), cfg.max_tries, prompts.reprompt)
         return {**row, **answer, "model": cfg.model}
 
     return ApiStage("reflect", read_rows(cfg), workflow, (cfg.model,))

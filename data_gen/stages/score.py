@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen import prompts
+from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
-from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.errors import BudgetExhausted, ConfigError, RowFailed
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
@@ -68,7 +68,7 @@ def stage(cfg: ScoreConfig) -> ApiStage:
         def judge(thought: str) -> Any:
             scores = yield from ask(
                 request(cfg.model, prompts.judge_messages(premise, hypothesis, gold, thought)),
-                prompts.parse_scores, cfg.max_tries, prompts.reprompt,
+                answers.parse_scores, cfg.max_tries, prompts.reprompt,
             )
             return {"thought_process": thought, **scores}
 
@@ -78,7 +78,7 @@ def stage(cfg: ScoreConfig) -> ApiStage:
             try:
                 rewrite = yield from ask(
                     request(cfg.improve_model, prompts.improve_messages(premise, hypothesis, gold, history[-1]["thought_process"], history[-1])),
-                    prompts.parse_improvement(gold), cfg.max_tries, prompts.reprompt,
+                    answers.parse_improvement(gold), cfg.max_tries, prompts.reprompt,
                 )
                 history.append((yield from judge(rewrite)))
             except BudgetExhausted:

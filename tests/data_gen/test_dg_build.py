@@ -61,11 +61,14 @@ def test_build_selects_filters_splits_and_reports(dg, stage_outputs, tmp_path):
     assert {r["id"]: r["source"] for r in rows if r["source"] == "reflected"} == {"t8": "reflected", "t9": "reflected"}
     assert all(r["thought_process"].endswith("the premise says so.") == (r["label"] == 1) for r in rows)
     for name in corpus:
-        assert {r["label"] for r in corpus[name]} == {0, 1}  # stratified
         load_rows(str(out / f"{name}.jsonl"))  # nlicot's own reader accepts the files
 
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["selection"] == {"initial": 8, "reflected": 2, "wrong_without_reflection": 2, "too_long": 1, "corpus": 9}
+    assert stats["selection"] == {
+        "initial": 8, "reflected": 2, "wrong_without_reflection": 2, "duplicate_pair": 0,
+        "quality_verdict_contradicts_label": 0, "quality_no_verdict": 0, "quality_wrong_step_count": 0,
+        "quality_too_few_words": 0, "quality_too_many_words": 0, "too_long": 1, "corpus": 9,
+    }
     model = stats["initial_model"]
     assert model["confusion"] == {"tp": 4, "fp": 2, "tn": 4, "fn": 2}
     assert model["accuracy"] == pytest.approx(8 / 12) and model["precision"] == pytest.approx(4 / 6)
@@ -142,3 +145,77 @@ def test_the_built_corpus_trains_with_nlicot(fake_api, rows_file, dg, flags, tmp
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (tmp_path / "run" / "ckpt" / "last.ckpt").is_file()  # it trained and checkpointed
+
+
+def _row(i: int, thought: str, label: int = 1, premise: str | None = None) -> dict:
+    return {"id": f"q{i}", "premise": premise or f"Person {i} rides a red bicycle to work.", "hypothesis": "Someone cycles.",
+            "label": label, "thought_process": thought, "predicted_label": label}
+
+
+THREE = "step 1: The premise says a person rides a bicycle to work. step 2: Riding a bicycle is cycling. step 3: {}."
+QUALITY_ROWS = [
+    *(_row(i, THREE.format("entailment, because riding a bicycle is cycling")) for i in range(4)),  # pass everything
+    _row(4, THREE.format("no entailment, because the premise says nothing more")),  # verdict contradicts the label
+    _row(5, THREE.format("the person is on a bicycle on the way to work")),  # no verdict
+    _row(6, "step 1: A person rides a bicycle to work. step 2: That is cycling, so it is entailed."),  # two steps
+    _row(7, "step 1: Bicycle. step 2: Cycling. step 3: entailment."),  # 8 words
+    _row(8, THREE.format("entailment, because " + "riding a bicycle to work is a way of cycling " * 12)),  # > 100 words
+]
+
+
+@pytest.mark.parametrize(
+    ("quality", "removed"),
+    [
+        ("lenient", {"verdict_contradicts_label": 1}),
+        ("standard", {"verdict_contradicts_label": 1, "wrong_step_count": 1, "too_few_words": 1}),
+        ("strict", {"verdict_contradicts_label": 1, "no_verdict": 1, "wrong_step_count": 1, "too_few_words": 1,
+                    "too_many_words": 1}),
+        ("{steps: null, min_words: 0}", {"verdict_contradicts_label": 1}),
+        ("{max_words: 60, verdict_required: true}", {"verdict_contradicts_label": 1, "no_verdict": 1,
+                                                    "wrong_step_count": 1, "too_few_words": 1, "too_many_words": 1}),
+    ],
+)
+def test_quality_rules_filter_and_each_rule_is_counted(dg, tmp_path, quality, removed):
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text("".join(json.dumps(r) + "\n" for r in QUALITY_ROWS))
+    out = tmp_path / "c"
+    assert dg("build", "--thoughts", thoughts, "--out-dir", out, "--quiet", "--quality", quality, "--val-fraction", 0.2) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    expected = {rule: removed.get(rule, 0) for rule in stats["quality"]["removed"]}
+    assert stats["quality"]["removed"] == expected
+    assert {k: v for k, v in stats["selection"].items() if k.startswith("quality_")} == {f"quality_{k}": v for k, v in expected.items()}
+    kept = {r["id"] for part in _corpus(out).values() for r in part}
+    assert len(kept) == len(QUALITY_ROWS) - sum(removed.values()) and "q4" not in kept
+    assert "| quality verdict contradicts label | 1 |" in (out / "stats.md").read_text()
+
+
+def test_an_unknown_quality_preset_is_refused(dg, tmp_path, capsys):
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text(json.dumps(QUALITY_ROWS[0]) + "\n")
+    assert dg("build", "--thoughts", thoughts, "--out-dir", tmp_path / "c", "--quality", "picky") == 2
+    assert "quality must be one of lenient, standard, strict" in capsys.readouterr().err
+
+
+def test_duplicates_are_kept_once_and_a_pair_never_spans_two_splits(dg, tmp_path, capsys):
+    good = lambda i, premise=None: _row(i, THREE.format("entailment, because riding a bicycle is cycling"), premise=premise)  # noqa: E731
+    rows = [good(i) for i in range(60)]
+    rows += [good(100 + i, premise=f"Person  {i} rides a red bicycle\nto work.") for i in range(10)]  # same pairs, new ids
+    lines = [json.dumps(r) for r in rows] + [json.dumps(rows[3]), json.dumps({**rows[5], "thought_process": "other"})]
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text("\n".join(lines) + "\n")  # two records repeat an id (two writers on one output)
+    out = tmp_path / "c"
+    assert dg("build", "--thoughts", thoughts, "--out-dir", out, "--quiet", "--val-fraction", 0.2, "--test-fraction", 0.2) == 0
+    assert "repeat an id" in capsys.readouterr().err
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["selection"]["duplicate_id"] == 2 and stats["selection"]["duplicate_pair"] == 10
+    corpus = _corpus(out)
+    pairs = {name: {" ".join((r["premise"] + " " + r["hypothesis"]).split()) for r in part} for name, part in corpus.items()}
+    assert sum(len(p) for p in pairs.values()) == 60 == len(set().union(*pairs.values()))  # each pair once, one split
+    assert all(len(part) >= 5 for part in corpus.values())  # 20 % of 60 each, give or take the hash
+
+    # Rebuilding from a larger corpus moves no pair to another split (the split is a function of the pair).
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps(good(i)) + "\n" for i in range(200)))
+    assert dg("build", "--thoughts", more, "--out-dir", tmp_path / "m", "--quiet", "--val-fraction", 0.2, "--test-fraction", 0.2) == 0
+    grown = {" ".join((r["premise"] + " " + r["hypothesis"]).split()): name for name, part in _corpus(tmp_path / "m").items() for r in part}
+    assert all(grown[p] == name for name, ps in pairs.items() for p in ps)

@@ -59,7 +59,7 @@ def test_invalid_labels_fail_with_the_reason_and_retry_failed_redoes_them(fake_a
     bad = fake_api(rate_bad_label=1.0)
     assert dg("generate", "--input", rows, "--output", out, *flags(bad, max_tries=2)) == 4  # finished, rows failed
     failed = jsonl(out.with_name("thoughts.failed.jsonl"))
-    assert len(failed) == 6 and all('"predicted_label" must be the number 0 or 1, got 7' in f["reason"] for f in failed)
+    assert len(failed) == 6 and all('"predicted_label" must be 1 (entailment) or 0 (no entailment), got 7' in f["reason"] for f in failed)
     assert bad.counts["chat"] == 12  # two tries each
     good = fake_api()
     assert dg("generate", "--input", rows, "--output", out, *flags(good)) == 4  # still not every row done
