@@ -75,6 +75,9 @@ class PipelineConfig:
         for name, cfg in [(n, c) for n, c, _ in self.api_stages()] + [("build", self.build)]:
             try:
                 cfg.check()
+                if isinstance(cfg, ApiStageConfig):  # a later stage's missing price found now, not after paying
+                    unpriced = sorted({cfg.model, getattr(cfg, "improve_model", cfg.model)} - set(cfg.price_table()))
+                    problems += [f"{name}: no price for model {m!r} in {cfg.prices}" for m in unpriced]
             except ConfigError as e:
                 problems.append(f"{name}: {e}")
         if problems:

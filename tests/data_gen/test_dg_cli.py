@@ -126,6 +126,29 @@ def test_the_server_url_environment_variable_reaches_every_stage_and_a_flag_beat
     assert (config.generate.server_url, config.reflect.server_url) == ("http://127.0.0.1:1234", "http://flag")
 
 
+def test_the_shipped_pipeline_yaml_loads_and_starts_with_its_launch_command():
+    path = CONFIGS / "pipeline.yaml"
+    assert path.read_text().splitlines()[0] == "# python -m data_gen run --config configs/data_gen/pipeline.yaml"
+    config = load_config(PipelineConfig, path, {})  # check() refuses a stage whose model has no price
+    assert [name for name, _, _ in config.api_stages()] == ["generate", "reflect"] and config.budget is not None
+
+
+def test_every_problem_of_every_stage_is_refused_before_the_first_stage_runs(tmp_path):
+    path = tmp_path / "p.yaml"
+    (tmp_path / "a.csv").write_text("id,premise,hypothesis,label\nr0,A dog runs.,An animal moves.,1\n")
+    path.write_text(f"generate: {{input: {tmp_path / 'a.csv'}, output: {tmp_path / 't.jsonl'}, prices: {CONFIGS / 'prices.yaml'}}}\n"
+                    f"reflect: {{output: r.jsonl, prices: {CONFIGS / 'prices.yaml'}, concurrency: 0}}\n"
+                    "score: {output: s.jsonl, prices: {m: {input_per_million: 1, output_per_million: 1}}}\n"
+                    "build: {out_dir: corpus, val_fraction: 2}\n")
+    result = _data_gen("run", "--config", path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    for problem in ("reflect: concurrency must be > 0", "score: no price for model 'mistral-small-latest'",
+                    "score: no price for model 'open-mistral-nemo'", "build: val_fraction and test_fraction"):
+        assert problem in lines[0]
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 def test_a_pipeline_link_that_contradicts_the_stage_before_is_refused(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("generate: {input: a.csv, output: t.jsonl, prices: p.yaml}\n"
