@@ -180,11 +180,17 @@ def _detail(error: BaseException) -> str:
     text = str(error)
     items = re.findall(r"^( *)- (.+(?:\n\1 +(?!- )\S.*)*)", text, re.M)  # a Union's per-member errors: the first
     reason = " ".join(items[0][1].split()) if items else " ".join(text.split("\n", 1)[-1].split())
+    given = re.search(r"^\s*Given value: (.*)$", text, re.M)
+    if given and re.fullmatch(r"Expected a <class '\w+'>", reason):  # a Union names the value once, at the end
+        reason += f". Got value: {given.group(1)}"
     return re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got '\2'", reason)
 
 
 def error_line(error: ArgumentError, flags: dict[str, str], source: str) -> str:
     """Where a jsonargparse error came from (the flag as typed, else the config file) and why, on one line."""
+    unknown = re.match(r"unrecognized arguments: (.*)", str(error))
+    if unknown:  # the flags only: a mistyped secret's value is not echoed
+        return f"unknown flag(s) {' '.join(a for a in unknown.group(1).split() if a.startswith('-'))}; see --help"
     match = re.match(r'Parser key "([^"]+)":', str(error))
     if match is None:
         return str(error).splitlines()[0]
@@ -209,6 +215,8 @@ def normalise_flags(argv: list[str], cls: type) -> list[str]:
         name, eq, value = arg[2:].partition("=")
         name = name.replace("-", "_")
         head, _, last = name.rpartition(".")
+        if last == "api_key":
+            raise ConfigError(f"{arg.split('=', 1)[0]}: the API key is read from the environment only (see api_key_env)")
         negated = f"{head}.{last[3:]}" if head else last[3:]
         value_follows = i + 1 < len(argv) and not argv[i + 1].startswith("-")  # no positionals: it is our value
         if not eq and last.startswith("no_") and negated in booleans:
@@ -233,7 +241,7 @@ def _bool_keys(cls: type, prefix: str = "") -> set[str]:
 
 def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
     """``--config FILE``, ``--print_config`` and one flag per field of ``cls`` (dotted for nested configs)."""
-    parser = ArgumentParser(prog=prog, description=cls.__doc__, exit_on_error=False)
+    parser = ArgumentParser(prog=prog, description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action="config", help="YAML file with any of the keys below")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (retries, each poll)")
     parser.add_class_arguments(cls)

@@ -79,14 +79,23 @@ def test_a_bad_key_is_one_error_line_exit_2(tmp_path, command, text, named):
 
 def test_unknown_flags_and_bad_values_are_one_error_line():
     for argv, named in [
-        (["generate", "--concurency", "4"], "--concurency"),
+        (["generate", "--concurency", "4"], "unknown flag(s) --concurency"),
+        (["generate", "--api_key_e", "X"], "unknown flag(s) --api_key_e"),  # no abbreviations of api_key_env
+        (["generate", "--seed", "x"], "--seed: expected int, got 'x'"),
         (["run", "--generate.temperature", "hot"], "--generate.temperature: expected float, got 'hot'"),
-        (["build", "--balance", "maybe"], "--balance"),
+        (["build", "--balance", "maybe"], "--balance: expected bool, got 'maybe'"),
     ]:
         result = _data_gen(*argv)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert named in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["generate", "--api_key", "sk-live-123"], ["generate", "--api-key=sk-live-123"],
+                                  ["run", "--reflect.api_key", "sk-live-123"], ["generate", "--apikey", "sk-live-123"]])
+def test_a_key_given_as_a_flag_is_refused_and_never_echoed(argv):
+    result = _data_gen(*argv)
+    assert result.returncode == 2 and result.stderr.startswith("error: --") and "sk-live-123" not in result.stderr
 
 
 @pytest.mark.parametrize(
