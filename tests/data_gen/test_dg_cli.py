@@ -178,3 +178,16 @@ def test_the_fake_api_is_not_part_of_the_installed_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_synth_is_a_subcommand_writing_what_its_python_api_writes(dg, capsys, tmp_path):
+    from data_gen import synth
+
+    assert dg("synth", "--help") == 0
+    assert "--train_size" in capsys.readouterr().out
+    argv = ["--train-size", "40", "--val-size", "8", "--test-size", "8", "--phenomena", "[negation, number]"]
+    assert dg("synth", "--out-dir", tmp_path / "cli", *argv) == 0
+    cfg = synth.SynthConfig(out_dir=tmp_path / "api", train_size=40, val_size=8, test_size=8, phenomena=["negation", "number"])
+    assert synth.run(cfg) == 0
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "cli" / f"{split}.jsonl").read_bytes() == (tmp_path / "api" / f"{split}.jsonl").read_bytes()
