@@ -102,13 +102,16 @@ class Journal:
     """An append-only JSONL file; every append is durable when it returns.
 
     Thread-safe, so the async drivers can run appends (and their fsync, which can take milliseconds on a busy or
-    networked disk) in worker threads instead of stalling every request in flight.
+    networked disk) in worker threads instead of stalling every request in flight. ``fsync=False``: an append
+    survives the process being killed (it is in the OS's page cache once ``os.write`` returns) but not a power
+    cut; for files whose loss costs only money already accounted for elsewhere (the reply journal).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fsync: bool = True) -> None:
         self.path = path
         self._fd: int | None = None
         self._lock = threading.Lock()
+        self._fsync = fsync
 
     def read(self) -> list[tuple[int, Record]]:
         return read_jsonl(self.path)
@@ -129,7 +132,8 @@ class Journal:
                 self._fd = self._open()
             fd = self._fd
             os.write(fd, data)  # one write per record: lines never interleave
-        os.fsync(fd)
+        if self._fsync:
+            os.fsync(fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -186,10 +190,12 @@ class ReplyJournal:
 
     A row's workflow is a pure function of the replies it was sent (see ``workflow``), so a rerun rebuilds a row
     cut off by a kill by replaying them instead of paying for them again. Rows that ended are compacted away.
+    Appends are not fsync'd: a kill cannot lose them, a power cut can (the ledger, which is fsync'd, still counts
+    what they cost); an fsync per reply would cost as much disk time as the done journal and the ledger together.
     """
 
     def __init__(self, output: Path) -> None:
-        self._journal = Journal(sidecar(output, "replies"))
+        self._journal = Journal(sidecar(output, "replies"), fsync=False)
 
     def load(self, rows: Iterable[Record]) -> dict[str, list[Reply]]:
         """The replies saved for ``rows`` (made from the same input), in order; the file then keeps only them."""

@@ -187,15 +187,16 @@ class _OneRetryAfter(FakeMistral):
 
 def test_retry_after_pauses_requests_that_already_hold_a_rate_limit_slot(api_key):
     """With 20 rps, requests claim start slots ahead of time; none of them may start inside the pause."""
-    window = 0.8
+    window = 1.5
     with _OneRetryAfter(nth=6, retry_after_s=window, api_key=api_key, latency_s=0.01) as server:
         results = _run(server.url, [_request(i) for i in range(30)], api_key=api_key, concurrency=8,
                        requests_per_second=20.0, max_retries=3)
     assert all(r.text for r in results), results
     assert server.limited_at is not None
-    # Allowed: requests sent before the client had read the 429 (tens of ms on a busy 2-core machine). Without the
-    # shared pause, the slots claimed ahead at 20 rps put most of the 30 requests inside the window.
-    in_flight_grace = 0.15
+    # Allowed: requests sent before the client had read the 429 (tens of ms, more than 150 ms seen on a 2-core machine
+    # shared by eight test runs). Without the shared pause, the slots claimed ahead at 20 rps put most of the 30
+    # requests inside the window.
+    in_flight_grace = 0.4
     inside = [t for t in server.arrivals if server.limited_at + in_flight_grace < t < server.limited_at + window]
     assert inside == [], f"{len(inside)} requests started inside the Retry-After window"
     assert len(server.arrivals) == 31  # every request once, the limited one twice
