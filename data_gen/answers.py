@@ -48,6 +48,8 @@ REVISED_THOUGHT_KEYS = (
     "new_thought", "improved_reasoning", "corrected_reasoning", "revised_reasoning", "corrected_chain_of_thought",
     "improved_chain_of_thought", *THOUGHT_KEYS,
 )
+#: generate has no flaw to name, so an "analysis" there is the thought (in reflect it is the flaw).
+GENERATION_THOUGHT_KEYS = (*THOUGHT_KEYS, "analysis")
 LABEL_KEYS = (
     "predicted_label", "label", "prediction", "answer", "predicted", "final_label", "final_answer", "verdict",
     "classification", "nli_label", "correct_label", "corrected_label", "output", "result",
@@ -61,13 +63,15 @@ SCORE_ALIASES = {
     "correctness": ("correctness", "correctness_score", "correct", "accuracy", "factual_correctness", "validity"),
     "brevity": ("brevity", "brevity_score", "conciseness", "concision", "concise", "conciseness_score"),
 }
+_SCORE_WORDS = {"coherence": re.compile(r"^coheren"), "correctness": re.compile(r"^correct"),
+                "brevity": re.compile(r"^(?:brev|concis)")}  # "Coherence (1-5)", "brevity_rating"
 CRITIQUE_KEYS = (
     "critique", "feedback", "comment", "comments", "weakest_point", "weakness", "weaknesses", "explanation",
     "justification", "reason", "rationale", "notes", "summary",
 )
 #: When no alias matches: a key containing one of these words (flawed/original ones never count as the fix).
 _THOUGHT_WORDS = re.compile(r"thought|reasoning|chain|steps")
-_NOT_REVISED = re.compile(r"original|flawed|previous|old|initial")
+_NOT_REVISED = re.compile(r"(?:^|_)(?:original|flawed|previous|old|initial|wrong)(?:_|$)")
 _LABEL_WORDS = re.compile(r"label")
 _FLAW_WORDS = re.compile(r"flaw|error|mistake|wrong|analysis")
 
@@ -109,7 +113,9 @@ _NO = re.compile(
     r"|\b(?:does|do|did)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entail|imply|follow|support|prove)\w*"
     r"|\b(?:is|are)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entailed|implied|supported|true|correct|valid)\b"
     r"|\b(?:can\s*not|can't|could\s*not|couldn't|may\s+not)\s+(?:be\s+)?(?:logically\s+)?"
-    r"(?:inferred|concluded|deduced|derived|entailed|determined|confirmed|verified|conclude|infer|determine|deduce)\b"
+    r"(?:inferred|concluded|deduced|derived|entailed|determined|confirmed|verified"
+    r"|conclude|infer|determine|deduce|say|tell)\b"
+    r"|\b(?:not\s+possible|impossible)\s+to\s+(?:infer|conclude|determine|deduce|say|tell)\b"
     r"|\b(?:not|insufficient|without)\s+(?:enough\s+)?(?:information|evidence)\b"
     r"|\bno\s+(?:information|evidence)\b"
     r"|\bcontradict\w*|\bneutral\b|\bunrelated\b|\bmutually\s+exclusive\b|\bmay\s+or\s+may\s+not\b"
@@ -122,6 +128,7 @@ _YES = re.compile(
     r"|\b(?:can|could|may)\s+be\s+(?:logically\s+|safely\s+|directly\s+)?(?:inferred|concluded|deduced|derived)\b"
     r"|\bfollows?\s+(?:directly\s+|logically\s+|necessarily\s+)?from\b"
     r"|\b(?:is|are)\s+(?:directly\s+|clearly\s+|fully\s+)?(?:implied|supported)\s+by\b"
+    r"|\b(?:premise\s+)?supports\s+the\s+hypothesis\b"
     r"|\b(?:hypothesis|it)\s+(?:is|must\s+be)\s+true\b|\bmust\s+be\s+true\b"
     r"|\b(?:label|answer)\s*(?:is|:|=)?\s*1\b",
     re.IGNORECASE,
@@ -243,7 +250,9 @@ def _view(obj: dict) -> Fields:
     return fields
 
 
-def _pick(fields: Fields, aliases: Iterable[str], words: re.Pattern | None = None, exclude: re.Pattern | None = None) -> Any:
+def _pick(
+    fields: Fields, aliases: Iterable[str], words: re.Pattern | None = None, exclude: re.Pattern | None = None
+) -> Any:
     """The value under the first alias present, else under the first key containing one of ``words``."""
     for key in aliases:
         if key in fields and fields[key] not in (None, ""):
@@ -271,20 +280,23 @@ def _repaired(text: str) -> list[dict]:
     return []
 
 
-def reply_fields(text: str, groups: tuple[tuple[str, ...], ...]) -> Fields:
+Group = tuple[tuple[str, ...], re.Pattern | None]  # a field's aliases and the words of its fallback keys
+
+
+def reply_fields(text: str, groups: tuple[Group, ...]) -> Fields:
     """The stage's answer object, as normalised fields.
 
     Among every object in the reply (prose and fences around it, nested ones, an echoed example before the answer),
     the one holding the most of the stage's key ``groups`` wins, and of those the one that ends last. Without any
     valid object, the repairs of :func:`_repaired`, then the key-by-key recovery of :mod:`nlicot.parsing`.
     """
-    objects = [obj for _, obj in json_objects(text)] or _repaired(text)
+    objects = json_objects(text) or [(0, obj) for obj in _repaired(text)]
     best: tuple[int, int, Fields] | None = None
-    for i, obj in enumerate(objects):
+    for end, obj in objects:
         fields = _view(obj)
-        score = sum(any(k in fields for k in group) for group in groups)
-        if score and (best is None or (score, i) >= best[:2]):
-            best = (score, i, fields)
+        score = sum(_pick(fields, aliases, words) is not None for aliases, words in groups)
+        if score and (best is None or (score, end) > best[:2]):
+            best = (score, end, fields)
     if best is not None:
         return best[2]
     lenient = extract_prediction(text)
@@ -311,12 +323,13 @@ def _thought(fields: Fields, aliases: tuple[str, ...], revised: bool = False) ->
 
 
 def _label(fields: Fields) -> int:
-    value = _pick(fields, LABEL_KEYS, _LABEL_WORDS)
+    value = _pick(fields, LABEL_KEYS, _LABEL_WORDS, _NOT_REVISED)  # an "original_label" is never the answer
     label = label_of(value)
     if value is None:
         raise InvalidAnswer('it has no "predicted_label" (1 for entailment, 0 for no entailment)')
     if label is None:
-        raise InvalidAnswer(f'"predicted_label" must be 1 (entailment) or 0 (no entailment), got {json.dumps(value)}')
+        got = json.dumps(value, default=str)
+        raise InvalidAnswer(f'"predicted_label" must be 1 (entailment) or 0 (no entailment), got {got}')
     return label
 
 
@@ -325,14 +338,14 @@ def _for_gold(gold: int, label: int) -> None:
         raise InvalidAnswer(f'"predicted_label" must be the correct label {gold}, got {label}')
 
 
-_ANSWER_GROUPS = (THOUGHT_KEYS, LABEL_KEYS)
-_REVISION_GROUPS = (REVISED_THOUGHT_KEYS, LABEL_KEYS, FLAW_KEYS)
+_ANSWER_GROUPS = ((GENERATION_THOUGHT_KEYS, _THOUGHT_WORDS), (LABEL_KEYS, _LABEL_WORDS))
+_REVISION_GROUPS = ((REVISED_THOUGHT_KEYS, _THOUGHT_WORDS), (LABEL_KEYS, _LABEL_WORDS), (FLAW_KEYS, _FLAW_WORDS))
 
 
 def parse_generation(text: str) -> dict[str, Any]:
     """generate: the normalised thought, its label and its quality flags."""
     fields = reply_fields(text, _ANSWER_GROUPS)
-    thought, label = _thought(fields, THOUGHT_KEYS), _label(fields)
+    thought, label = _thought(fields, GENERATION_THOUGHT_KEYS), _label(fields)
     return {"thought_process": thought, "predicted_label": label, "quality": quality(thought, label)}
 
 
@@ -374,13 +387,13 @@ def _score(value: Any) -> float | None:
 
 def parse_scores(text: str) -> dict[str, Any]:
     """judge: coherence, correctness and brevity from 1 to 5, and the critique (empty if none was given)."""
-    fields = reply_fields(text, (*SCORE_ALIASES.values(), CRITIQUE_KEYS))
+    fields = reply_fields(text, (*((SCORE_ALIASES[k], _SCORE_WORDS[k]) for k in SCORE_KEYS), (CRITIQUE_KEYS, None)))
     scores: dict[str, Any] = {}
     for key in SCORE_KEYS:
-        value = _pick(fields, SCORE_ALIASES[key])
+        value = _pick(fields, SCORE_ALIASES[key], _SCORE_WORDS[key])
         score = _score(value)
         if score is None:
-            raise InvalidAnswer(f'"{key}" must be a number from 1 to 5, got {json.dumps(value)}')
+            raise InvalidAnswer(f'"{key}" must be a number from 1 to 5, got {json.dumps(value, default=str)}')
         scores[key] = score
     critique = _pick(fields, CRITIQUE_KEYS)
     scores["critique"] = flat(critique) if isinstance(critique, str) else ""

@@ -26,7 +26,7 @@ class CorpusError(ValueError):
 
 
 def _text(path: Path) -> str:
-    """The file decoded as UTF-8 (a leading BOM dropped); the first byte that is not UTF-8 is named by line and column."""
+    """The file decoded as UTF-8 (a leading BOM dropped); the first byte that is not UTF-8 is named by line/column."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -206,8 +206,10 @@ def load_rows(
                 continue
         if row_id not in (None, ""):
             row["id"] = str(row_id)
+        elif content_ids and valid_pair:
+            row["id"] = pair_id(row["premise"], row["hypothesis"])
         else:
-            row["id"] = pair_id(row["premise"], row["hypothesis"]) if content_ids and valid_pair else where.rsplit("/", 1)[-1]
+            row["id"] = where.rsplit("/", 1)[-1]
         if row["id"] in first_seen:
             bad(f"{where}: duplicate id {row['id']!r} (first at {first_seen[row['id']]})")
         first_seen.setdefault(row["id"], where)

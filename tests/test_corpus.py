@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nlicot.corpus import CorpusError, load_rows
+from nlicot.corpus import CorpusError, load_rows, pair_id
 
 GOOD = {"id": "a", "premise": "A cat sleeps.", "hypothesis": "An animal rests.", "label": 1,
         "thought_process": "step 1: x step 2: y step 3: entailment", "source": "initial"}
@@ -88,3 +88,35 @@ def test_cli_reports_bad_corpus_without_traceback(tmp_path, repo):
     assert "Traceback" not in proc.stderr
     assert f"error: 1 problem(s) in {path}" in proc.stderr and f"{path}:2: field 'label'" in proc.stderr
     assert not (tmp_path / "ck").exists()
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b"\n" + json.dumps({**GOOD, "id": "b"}).encode()[:20] + b"\xe9\xe9\n")
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: not UTF-8 \(byte 0xe9 at column 21\)"):
+        load_rows(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")  # a BOM is not an error
+    assert load_rows(str(path))[0]["id"] == "a"
+
+
+def test_an_unbalanced_csv_quote_is_reported_where_it_opened(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('id,premise,hypothesis,label,thought_process\nx1,A dog.,An animal.,1,t\n'
+                    'x2,"A dog.,A cat.,0,t\nx3,A cat.,An animal.,1,t\nx4,A cow.,"An animal.",1,t\n')
+    with pytest.raises(CorpusError, match=r"c\.csv:3: unbalanced quote"):
+        load_rows(str(path))
+
+
+def test_content_ids_ignore_file_name_position_and_whitespace_and_keep_a_pair_once(tmp_path):
+    rows = [{"premise": "A cat sleeps.", "hypothesis": "An animal rests.", "label": 1},
+            {"premise": "A dog barks.", "hypothesis": "A dog is silent.", "label": 0}]
+    a = write(tmp_path, [json.dumps(r) for r in rows], "a.jsonl")
+    b = write(tmp_path, [json.dumps({"premise": "New.", "hypothesis": "Row.", "label": 0}),
+                         *(json.dumps(r) for r in reversed(rows)),
+                         json.dumps({**rows[0], "premise": " A cat\n sleeps. "})], "b.jsonl")
+    ids_a = [r["id"] for r in load_rows(str(a), require_thought=False, content_ids=True)]
+    read_b = load_rows(str(b), require_thought=False, content_ids=True)
+    assert ids_a == [pair_id(r["premise"], r["hypothesis"]) for r in rows] and len(read_b) == 3
+    assert {r["id"] for r in read_b} >= set(ids_a) and read_b[2]["also_at"] == [f"{b}:4"]
+    assert pair_id("A cat sleeps.", "An animal rests.") != pair_id("a cat sleeps.", "An animal rests.")  # case counts
+    assert [r["id"] for r in load_rows(str(a), require_thought=False)] == ["a.jsonl:1", "a.jsonl:2"]  # nlicot's default

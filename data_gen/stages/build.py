@@ -158,7 +158,7 @@ def dedup_pairs(rows: list[Record]) -> tuple[list[Record], int]:
 
 
 def filter_quality(rows: list[Record], rules: QualityRules) -> tuple[list[Record], dict[str, int]]:
-    """Rows whose thought passes ``rules``, and how many each rule removed (a row counts under its first broken rule)."""
+    """Rows whose thought passes ``rules``, and how many each rule removed (counted under its first broken rule)."""
     removed = dict.fromkeys(QUALITY_RULES, 0)
     kept = []
     for r in rows:

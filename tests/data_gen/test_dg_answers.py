@@ -176,3 +176,13 @@ def test_scores_take_aliases_fractions_and_nesting_but_not_other_scales():
     for bad in (0, 6, "high", None, True, "8/10"):
         with pytest.raises(InvalidAnswer, match='"brevity" must be a number from 1 to 5'):
             answers.parse_scores(_answer(coherence=5, correctness=4, brevity=bad, critique="x"))
+
+
+def test_the_answer_object_is_the_one_with_the_stages_keys_that_ends_last():
+    echo = _answer(thought_process="step 1: ... step 2: ... step 3: ...", predicted_label=1)
+    reply = f"Format: {echo}\nAnswer: {_answer(thought_process=GOOD, predicted_label=1)}\n{{\"note\": \"done\"}}"
+    assert answers.parse_generation(reply)["thought_process"] == GOOD
+    flawed = _answer(flaw_analysis="Wrong.", original_label=1, thought_process=GOOD.replace("entailment,", "no entailment,"))
+    with pytest.raises(InvalidAnswer, match='no "predicted_label"'):  # the flawed label is not the answer
+        answers.parse_reflection(0)(flawed)
+    assert answers.parse_scores('{"Coherence (1-5)": 4, "correctness_rating": 5, "brevity_rating": 3}')["brevity"] == 3
