@@ -94,7 +94,8 @@ def _stage_line(name: str, output: Path, rc: int | None, gbp: float) -> str:
     s = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     status = "not run" if rc is None else f"exit {rc}"
     counts = f"{s.get('done', '-'):>6} {s.get('failed', '-'):>6} {s.get('pending', '-'):>7}"
-    return f"  {name:<9} {status:<8} {counts}  £{gbp:.4f}  {output}"
+    reasons = "; ".join(f"{r['rows']}x {r['reason']}" for r in s.get("failure_reasons") or [])
+    return f"  {name:<9} {status:<8} {counts}  £{gbp:.4f}  {output}" + (f"\n            failed: {reasons}" if reasons else "")
 
 
 def summary(cfg: PipelineConfig, codes: dict[str, int]) -> str:

@@ -113,3 +113,16 @@ def test_a_killed_run_resumes_where_it_stopped(fake_api, rows_file, dg, prices, 
     asked = [b["messages"][-1]["content"] for b in server.chat_bodies if "Premise" in b["messages"][-1]["content"]]
     assert len(asked) - len(set(asked)) <= FAST["concurrency"]  # only requests in flight at the kill were re-asked
     assert (tmp_path / "corpus" / "train.jsonl").is_file()
+
+
+def test_failed_rows_do_not_stop_the_run_and_it_returns_4(fake_api, rows_file, dg, prices, tmp_path, monkeypatch, capsys):
+    server = fake_api(rate_bad_label=0.3, seed=5)
+    monkeypatch.setenv("MISTRAL_SERVER_URL", server.url)
+    path = _pipeline(tmp_path, rows_file(30), prices)
+    assert dg("run", "--config", path, "--generate.max_tries", 1, "--reflect.max_tries", 3) == 4
+    failed = json.loads(sidecar(tmp_path / "thoughts.jsonl", "summary", ".json").read_text())["failed"]
+    assert 0 < failed < 30
+    corpus = sum(1 for split in ("train", "val") for _ in (tmp_path / "corpus" / f"{split}.jsonl").open())
+    assert corpus <= 30 - failed  # build ran on the done rows
+    out = capsys.readouterr().out
+    assert "generate  exit 4" in out and "failed: " in out and "build     exit 0" in out
