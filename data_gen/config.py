@@ -177,9 +177,9 @@ def check_keys(cls: type, values: Any, where: str, extra: tuple[str, ...] = ()) 
 
 def _detail(error: BaseException) -> str:
     """jsonargparse's multi-line message as one line: the innermost reason, e.g. ``expected int, got 'x'``."""
-    text = str(error)
+    text = re.sub(r'Parser key "[^"]+":\s*', "", str(error))
     items = re.findall(r"^( *)- (.+(?:\n\1 +(?!- )\S.*)*)", text, re.M)  # a Union's per-member errors: the first
-    reason = " ".join(items[0][1].split()) if items else " ".join(text.split("\n", 1)[-1].split())
+    reason = " ".join((items[0][1] if items else text).split())
     given = re.search(r"^\s*Given value: (.*)$", text, re.M)
     if given and re.fullmatch(r"Expected a <class '\w+'>", reason):  # a Union names the value once, at the end
         reason += f". Got value: {given.group(1)}"
