@@ -216,7 +216,8 @@ def normalise_flags(argv: list[str], cls: type) -> list[str]:
         name = name.replace("-", "_")
         head, _, last = name.rpartition(".")
         if last == "api_key":
-            raise ConfigError(f"{arg.split('=', 1)[0]}: the API key is read from the environment only (see api_key_env)")
+            flag = arg.split("=", 1)[0]
+            raise ConfigError(f"{flag}: the API key is read from the environment only (see api_key_env)")
         negated = f"{head}.{last[3:]}" if head else last[3:]
         value_follows = i + 1 < len(argv) and not argv[i + 1].startswith("-")  # no positionals: it is our value
         if not eq and last.startswith("no_") and negated in booleans:

@@ -95,14 +95,16 @@ def _stage_line(name: str, output: Path, rc: int | None, gbp: float) -> str:
     status = "not run" if rc is None else f"exit {rc}"
     counts = f"{s.get('done', '-'):>6} {s.get('failed', '-'):>6} {s.get('pending', '-'):>7}"
     reasons = "; ".join(f"{r['rows']}x {r['reason']}" for r in s.get("failure_reasons") or [])
-    return f"  {name:<9} {status:<8} {counts}  £{gbp:.4f}  {output}" + (f"\n            failed: {reasons}" if reasons else "")
+    line = f"  {name:<9} {status:<8} {counts}  £{gbp:.4f}  {output}"
+    return line + (f"\n            failed: {reasons}" if reasons else "")
 
 
 def summary(cfg: PipelineConfig, codes: dict[str, int]) -> str:
     """One table for the whole pipeline: each stage's exit status, rows, GBP over all runs, and the corpus."""
     outputs = {name: stage.output for name, stage, _ in cfg.api_stages()}
     costs = spent(outputs)
-    lines = ["pipeline summary", f"  {'stage':<9} {'status':<8} {'done':>6} {'failed':>6} {'pending':>7}  GBP (all runs)"]
+    header = f"  {'stage':<9} {'status':<8} {'done':>6} {'failed':>6} {'pending':>7}  GBP (all runs)"
+    lines = ["pipeline summary", header]
     lines += [_stage_line(name, output, codes.get(name), costs[name]) for name, output in outputs.items()]
     stats_path = cfg.build.out_dir / "stats.json" if cfg.build.out_dir else None
     if "build" in codes and stats_path is not None and stats_path.is_file():
@@ -123,13 +125,15 @@ def run(cfg: PipelineConfig) -> int:
         elsewhere = sum(gbp for other, gbp in spent(outputs).items() if other != name)
         if cfg.budget is not None:
             left = max(0.0, cfg.budget - elsewhere)
-            stage_cfg = dataclasses.replace(stage_cfg, budget=left if stage_cfg.budget is None else min(stage_cfg.budget, left))
+            own = stage_cfg.budget
+            stage_cfg = dataclasses.replace(stage_cfg, budget=left if own is None else min(own, left))
         log.info("run %d/%d: %s (£%.4f spent by the other stages)", index, len(stages) + 1, name, elsewhere)
         with pipeline_step(index, len(stages) + 1, elsewhere):
             codes[name] = main(stage_cfg)
         if codes[name] in (EXIT_USAGE, EXIT_RESUMABLE):
             print(summary(cfg, codes))
-            log.warning("run stopped at %s (exit %d); rerun the same command to continue", name, codes[name])
+            then = "rerun the same command to continue" if codes[name] == EXIT_RESUMABLE else "fix it and rerun"
+            log.warning("run stopped at %s (exit %d); %s", name, codes[name], then)
             return codes[name]
     log.info("run %d/%d: build", len(stages) + 1, len(stages) + 1)
     codes["build"] = build.main(dataclasses.replace(cfg.build, quiet=True))  # its table is in stats.md
