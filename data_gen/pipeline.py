@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.config import ApiStageConfig
-from data_gen.errors import EXIT_RESUMABLE, EXIT_DONE, EXIT_FAILED_ROWS, EXIT_USAGE, ConfigError
+from data_gen.errors import EXIT_DONE, EXIT_FAILED_ROWS, EXIT_RESUMABLE, EXIT_USAGE, ConfigError
 from data_gen.progress import pipeline_step
 from data_gen.stages import build, generate, reflect, score
 from data_gen.stages.build import BuildConfig

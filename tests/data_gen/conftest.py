@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from data_gen.cli import main
+
 from fake_api import FakeConfig, FakeMistral
 
 #: The API key the tests use; it must never appear in any output file or log.

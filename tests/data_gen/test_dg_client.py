@@ -13,11 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from data_gen.client import MistralClient, RateLimiter, check_server_url, retry_after_seconds
-from fake_api import FakeConfig, FakeMistral
 from data_gen.config import Price
 from data_gen.errors import BudgetExhausted, ConfigError, FatalAPIError, RequestFailed, ServerUnreachable
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest
+
+from fake_api import FakeConfig, FakeMistral
 
 PRICES = {"m": Price(1.0, 2.0)}
 

@@ -18,10 +18,10 @@ import pytest
 
 from data_gen import prompts
 from data_gen.config import ApiStageConfig
-from fake_api import FakeConfig, FakeMistral
 from data_gen.ledger import Ledger
 from data_gen.store import OutputLock
 
+from fake_api import FakeConfig, FakeMistral
 from test_dg_client import closed_port
 
 
