@@ -126,3 +126,20 @@ def test_failed_rows_do_not_stop_the_run_and_it_returns_4(fake_api, rows_file, d
     assert corpus <= 30 - failed  # build ran on the done rows
     out = capsys.readouterr().out
     assert "generate  exit 4" in out and "failed: " in out and "build     exit 0" in out
+
+
+def test_the_progress_display_names_the_step_and_counts_the_whole_pipelines_gbp(
+    fake_api, rows_file, dg, prices, tmp_path, monkeypatch, caplog
+):
+    server = fake_api()
+    monkeypatch.setenv("MISTRAL_SERVER_URL", server.url)
+    path = _pipeline(tmp_path, rows_file(12), prices)
+    with caplog.at_level("INFO", logger="data_gen"):
+        assert dg("run", "--config", path, "--generate.quiet", "false", "--reflect.no-quiet") == 0
+    lines = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records if r.name == "data_gen.progress"}
+    assert set(lines) == {"generate 1/3", "reflect 2/3"}
+    assert all("rows/s" in line and "ETA" in line for line in lines.values())
+    gbp = {stage: float(line.rsplit("£", 1)[1].split()[0]) for stage, line in lines.items()}
+    generated = sum(float(rec["gbp"]) for _, rec in read_jsonl(sidecar(tmp_path / "thoughts.jsonl", "ledger")))
+    assert gbp["generate 1/3"] == round(generated, 4)
+    assert gbp["reflect 2/3"] == round(_spent(tmp_path), 4) > gbp["generate 1/3"]  # the pipeline's £, not the stage's
