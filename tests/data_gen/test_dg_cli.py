@@ -21,8 +21,25 @@ CONFIGS = REPO / "configs" / "data_gen"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-def _data_gen(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_gen", *map(str, argv)], capture_output=True, text=True, env=ENV)
+@pytest.fixture
+def cli(dg, capsys):
+    """``cli(*argv)`` -> (exit status, stderr) of the CLI run in-process (errors come before any log line)."""
+
+    def run(*argv: object) -> tuple[int, str]:
+        capsys.readouterr()
+        return dg(*argv), capsys.readouterr().err
+
+    return run
+
+
+def test_the_real_command_prints_one_error_line_and_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("input: a.csv\noutput: o.jsonl\nconcurency: 4\n")
+    result = subprocess.run([sys.executable, "-m", "data_gen", "generate", "--config", str(path)],
+                            capture_output=True, text=True, env=ENV)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: unknown key(s) 'concurency'; known: ") and "concurrency" in lines[0]
 
 
 def test_help_shows_the_field_docstrings(dg, capsys):
@@ -67,17 +84,17 @@ def test_print_config_round_trips(dg, capsys, tmp_path, command, cls, path, flag
         ("run", "generat: {input: a.csv}\n", "unknown key(s) 'generat'"),
     ],
 )
-def test_a_bad_key_is_one_error_line_exit_2(tmp_path, command, text, named):
+def test_a_bad_key_is_one_error_line_exit_2(cli, tmp_path, command, text, named):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    result = _data_gen(command, "--config", path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and named in lines[0], result.stderr
-    assert "sk-live-123" not in result.stderr
+    rc, err = cli(command, "--config", path)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and named in lines[0], err
+    assert "sk-live-123" not in err
 
 
-def test_unknown_flags_and_bad_values_are_one_error_line():
+def test_unknown_flags_and_bad_values_are_one_error_line(cli):
     for argv, named in [
         (["generate", "--concurency", "4"], "unknown flag(s) --concurency"),
         (["generate", "--api_key_e", "X"], "unknown flag(s) --api_key_e"),  # no abbreviations of api_key_env
@@ -85,17 +102,16 @@ def test_unknown_flags_and_bad_values_are_one_error_line():
         (["run", "--generate.temperature", "hot"], "--generate.temperature: expected float, got 'hot'"),
         (["build", "--balance", "maybe"], "--balance: expected bool, got 'maybe'"),
     ]:
-        result = _data_gen(*argv)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        assert named in lines[0] and "Traceback" not in result.stderr
+        rc, err = cli(*argv)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], err
 
 
 @pytest.mark.parametrize("argv", [["generate", "--api_key", "sk-live-123"], ["generate", "--api-key=sk-live-123"],
                                   ["run", "--reflect.api_key", "sk-live-123"], ["generate", "--apikey", "sk-live-123"]])
-def test_a_key_given_as_a_flag_is_refused_and_never_echoed(argv):
-    result = _data_gen(*argv)
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and "sk-live-123" not in result.stderr
+def test_a_key_given_as_a_flag_is_refused_and_never_echoed(cli, argv):
+    rc, err = cli(*argv)
+    assert rc == 2 and err.startswith("error: ") and "sk-live-123" not in err
 
 
 @pytest.mark.parametrize(
@@ -142,28 +158,28 @@ def test_the_shipped_pipeline_yaml_loads_and_starts_with_its_launch_command():
     assert [name for name, _, _ in config.api_stages()] == ["generate", "reflect"] and config.budget is not None
 
 
-def test_every_problem_of_every_stage_is_refused_before_the_first_stage_runs(tmp_path):
+def test_every_problem_of_every_stage_is_refused_before_the_first_stage_runs(cli, tmp_path):
     path = tmp_path / "p.yaml"
     (tmp_path / "a.csv").write_text("id,premise,hypothesis,label\nr0,A dog runs.,An animal moves.,1\n")
     path.write_text(f"generate: {{input: {tmp_path / 'a.csv'}, output: {tmp_path / 't.jsonl'}, prices: {CONFIGS / 'prices.yaml'}}}\n"
                     f"reflect: {{output: r.jsonl, prices: {CONFIGS / 'prices.yaml'}, concurrency: 0}}\n"
                     "score: {output: s.jsonl, prices: {m: {input_per_million: 1, output_per_million: 1}}}\n"
                     "build: {out_dir: corpus, val_fraction: 2}\n")
-    result = _data_gen("run", "--config", path)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    rc, err = cli("run", "--config", path)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
     for problem in ("reflect: concurrency must be > 0", "score: no price for model 'mistral-small-latest'",
                     "score: no price for model 'open-mistral-nemo'", "build: val_fraction and test_fraction"):
         assert problem in lines[0]
     assert not (tmp_path / "t.jsonl").exists()
 
 
-def test_a_pipeline_link_that_contradicts_the_stage_before_is_refused(tmp_path):
+def test_a_pipeline_link_that_contradicts_the_stage_before_is_refused(cli, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("generate: {input: a.csv, output: t.jsonl, prices: p.yaml}\n"
                     "reflect: {input: other.jsonl, output: r.jsonl}\nbuild: {out_dir: corpus}\n")
-    result = _data_gen("run", "--config", path)
-    assert result.returncode == 2 and "reflect.input is other.jsonl but the pipeline feeds it t.jsonl" in result.stderr
+    rc, err = cli("run", "--config", path)
+    assert rc == 2 and "reflect.input is other.jsonl but the pipeline feeds it t.jsonl" in err
 
 
 def test_the_fake_api_is_not_part_of_the_installed_package(tmp_path):
