@@ -28,7 +28,14 @@ from data_gen.client import TERMINAL_JOB_STATES, MistralClient, text_of
 from data_gen.config import ApiStageConfig
 from data_gen.errors import BudgetExhausted, InputError, RowFailed
 from data_gen.progress import RowProgress
-from data_gen.store import Record, RowStore, atomic_write_json, done_record, failed_record, sidecar
+from data_gen.store import (
+    Record,
+    RowStore,
+    atomic_write_json,
+    done_record,
+    failed_record,
+    sidecar,
+)
 from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)

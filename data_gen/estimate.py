@@ -36,7 +36,11 @@ def _tokenizer(kind: str) -> Any:
 
 def prompt_tokens(request: ChatRequest, kind: str) -> int:
     """Prompt tokens of a chat request under the model's chat template."""
-    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.messages import (
+        AssistantMessage,
+        SystemMessage,
+        UserMessage,
+    )
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
     kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
@@ -102,8 +106,10 @@ def report(stage: ApiStage, todo: list[Record], cfg: ApiStageConfig, ledger: Led
         f"    batch API {gbp(totals['expected'][1])}  {gbp(totals['at most'][1])}",
         f"  spent on this output so far: £{ledger.spent:.4f}"
         + (f"; budget £{cfg.budget:.4f}" if cfg.budget is not None else "; no budget set"),
-        "  expected: first tries only; at most: every try of every row re-prompted up to max_tries, each answer "
-        "max_tokens long (retries after 429/5xx/timeouts are not billed)",
+        (
+            "  expected: first tries only; at most: every try of every row re-prompted up to max_tries, each answer "
+            "max_tokens long (retries after 429/5xx/timeouts are not billed)"
+        ),
     ]
     if stage.name == "score":
         lines.append(f"  not included: rewrite and re-judge rounds (up to {2 * getattr(cfg, 'max_rounds', 0)} more "

@@ -24,12 +24,28 @@ from data_gen.batch import run_batch
 from data_gen.client import MistralClient, check_server_url
 from data_gen.config import ApiStageConfig
 from data_gen.errors import (
-    EXIT_DONE, EXIT_FAILED_ROWS, EXIT_RESUMABLE, BudgetExhausted, ConfigError, FatalAPIError, RequestFailed, RowFailed,
+    EXIT_DONE,
+    EXIT_FAILED_ROWS,
+    EXIT_RESUMABLE,
+    BudgetExhausted,
+    ConfigError,
+    FatalAPIError,
+    RequestFailed,
+    RowFailed,
     ServerUnreachable,
 )
 from data_gen.ledger import Ledger
 from data_gen.progress import RowProgress
-from data_gen.store import OutputLock, Record, ReplyJournal, RowStore, atomic_write_json, done_record, failed_record, sidecar
+from data_gen.store import (
+    OutputLock,
+    Record,
+    ReplyJournal,
+    RowStore,
+    atomic_write_json,
+    done_record,
+    failed_record,
+    sidecar,
+)
 from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)
@@ -220,6 +236,8 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
         if stop.fatal is not None:
             raise stop.fatal
     ids = {r["id"] for r in stage.rows}
+    if not ids:  # e.g. reflect when every label was right: an empty result, not a missing file, for the next stage
+        cfg.output.touch(exist_ok=True)
     journal.keep_only(ids - store.done.keys() - store.failed.keys())
     failed = [store.failed[i] for i in ids & store.failed.keys()]
     if stop.reason is None and len(todo) < len(pending):

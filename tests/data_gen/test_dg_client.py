@@ -7,18 +7,28 @@ import random
 import socket
 import threading
 import time
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
+from fake_api import FakeConfig, FakeMistral
 
-from data_gen.client import MistralClient, RateLimiter, check_server_url, retry_after_seconds
+from data_gen.client import (
+    MistralClient,
+    RateLimiter,
+    check_server_url,
+    retry_after_seconds,
+)
 from data_gen.config import Price
-from data_gen.errors import BudgetExhausted, ConfigError, FatalAPIError, RequestFailed, ServerUnreachable
+from data_gen.errors import (
+    BudgetExhausted,
+    ConfigError,
+    FatalAPIError,
+    RequestFailed,
+    ServerUnreachable,
+)
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest
-
-from fake_api import FakeConfig, FakeMistral
 
 PRICES = {"m": Price(1.0, 2.0)}
 

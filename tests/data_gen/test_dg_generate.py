@@ -6,7 +6,6 @@ import json
 import logging
 
 import pytest
-
 from fake_api import FAULTS
 
 

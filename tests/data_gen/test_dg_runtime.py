@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_api import FakeConfig, FakeMistral
+from test_dg_client import closed_port
 
 from data_gen import prompts
 from data_gen.config import ApiStageConfig
+from data_gen.errors import OutputLocked
 from data_gen.ledger import Ledger
 from data_gen.store import OutputLock
-
-from fake_api import FakeConfig, FakeMistral
-from test_dg_client import closed_port
 
 
 def _summary(out: Path) -> dict:
@@ -147,6 +147,17 @@ def test_zero_done_rows_make_reflect_and_build_say_there_is_nothing_to_do(rows_f
     assert f"{out}: 0 done, 4 failed: nothing to build" in capsys.readouterr().err
 
 
+def test_reflect_with_no_wrong_label_leaves_an_empty_result_for_build(dg, flags, fake_api, tmp_path, jsonl):
+    thoughts, reflected = tmp_path / "thoughts.jsonl", tmp_path / "reflected.jsonl"
+    rows = [{"id": f"r{i}", "premise": f"A dog runs in field {i}.", "hypothesis": "An animal moves.", "label": 1,
+             "thought_process": "step 1: a dog runs. step 2: a dog is an animal. step 3: so an animal moves.",
+             "predicted_label": 1} for i in range(3)]
+    thoughts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    server = fake_api()
+    assert dg("reflect", "--input", thoughts, "--output", reflected, *flags(server)) == 0
+    assert reflected.is_file() and jsonl(reflected) == [] and server.counts["chat"] == 0
+
+
 # --- one writer per output ---
 
 
@@ -175,10 +186,8 @@ def test_a_second_run_on_a_locked_output_exits_at_once_naming_the_holder(rows_fi
 
 def test_the_lock_is_exclusive_between_open_files(tmp_path):
     out = tmp_path / "thoughts.jsonl"
-    with OutputLock(out):
-        with pytest.raises(Exception, match=f"pid {os.getpid()}"):
-            with OutputLock(out):
-                pass
+    with OutputLock(out), pytest.raises(OutputLocked, match=f"pid {os.getpid()}"), OutputLock(out):
+        pass
     with OutputLock(out):  # released on exit
         pass
 
@@ -188,10 +197,11 @@ def test_reflect_on_an_output_written_twice_keeps_each_id_once(rows_file, dg, fl
     server = fake_api()
     assert dg("generate", "--input", rows_file(12), "--output", thoughts, *flags(server)) == 0
     thoughts.write_bytes(thoughts.read_bytes() * 2)  # what two unlocked writers left behind
+    before = server.counts["chat"]
     assert dg("reflect", "--input", thoughts, "--output", reflected, *flags(server)) == 0
     ids = [r["id"] for r in jsonl(reflected)]
     assert ids and len(ids) == len(set(ids))
-    assert _summary(reflected)["duplicate_ids"] == len(ids)
+    assert server.counts["chat"] - before == len(ids)  # each row paid for once
 
 
 # --- a kill loses only requests in flight: replies are journalled and replayed ---
