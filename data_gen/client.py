@@ -340,8 +340,10 @@ class MistralClient:
     async def complete(self, request: ChatRequest, row_id: str, journal: Callable[[Reply], None] | None = None) -> Reply:
         """One chat completion: budget reservation, limits, retries, then the cost record.
 
-        ``journal`` (run in the same worker thread as the ledger, after it) saves the paid reply before it is
-        returned, so a kill after this point cannot lose it.
+        ``journal`` (run in the same worker thread as the ledger, just before it) saves the paid reply before it
+        is returned, so a kill after this point cannot lose it. It goes first because the ledger's fsync takes
+        milliseconds (more when several replies queue on the disk): a kill inside it would otherwise leave a
+        reply charged but not saved, to be paid for again.
         """
         bound = self.ledger.bound(request.model, request.messages, request.max_tokens, batch=False)
         self.ledger.reserve(bound)
@@ -373,9 +375,9 @@ class MistralClient:
         return reply
 
     def _record(self, model: str, reply: Reply, row_id: str, journal: Callable[[Reply], None] | None) -> None:
-        self.ledger.charge(model, reply.prompt_tokens, reply.completion_tokens, batch=False, row_id=row_id)
         if journal is not None:
-            journal(reply)
+            journal(reply)  # one unsynced write: microseconds, so a kill between the two lines is all but impossible
+        self.ledger.charge(model, reply.prompt_tokens, reply.completion_tokens, batch=False, row_id=row_id)
 
     # --- Batch API ---
 

@@ -63,11 +63,15 @@ def test_sigkill_at_random_moments_loses_only_requests_in_flight(fake_api, rows_
     assert set(ids) | set(failed) == {f"r{i}" for i in range(ROWS)}
     used = sum(r["requests"] for r in done) + sum(r["requests"] for r in failed.values())
     paid = server.counts["completions"]  # answers the server sent with status 200: what the API bills
+    charged = _lines(out.with_name("thoughts.ledger.jsonl"))  # answers that reached the client
     lost = paid - used
     with capsys.disabled():
-        print(f"\nkill test (seed {seed}): {paid} paid completions, {used} used by rows, {lost} paid and lost "
-              f"over {KILLS} kills (bound {CONCURRENCY * KILLS}); {len(failed)} rows failed")
+        print(f"\nkill test (seed {seed}): {paid} paid completions, {charged} reached the client, {used} used by rows, "
+              f"{lost} paid and lost over {KILLS} kills (bound {CONCURRENCY * KILLS}); {len(failed)} rows failed")
     assert 0 <= lost <= CONCURRENCY * KILLS, (seed, paid, used)
+    # Sharper: an answer that reached the client (its ledger line is written) was saved before it was charged, so
+    # no row paid for it twice; only a kill in the microseconds between the two writes could break this.
+    assert charged - used <= KILLS, (seed, charged, used)
     assert not out.with_name("thoughts.replies.jsonl").exists()  # every row ended: nothing left to replay
 
 
