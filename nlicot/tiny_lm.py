@@ -26,7 +26,8 @@ from pathlib import Path
 
 from nlicot.tiny import cache_root, load_v3_tokenizer, mistral_v3_tokenizer_file, tiny_config_kwargs
 
-PREFIX = "tiny-"
+class UnknownModelError(ValueError):
+    """A ``tiny-*`` name that no recipe builds; the CLI prints it as one ``error:`` line."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,11 @@ RECIPES = {
 }
 
 
-def is_pretrained_name(name: str) -> bool:
-    """Names this module builds (``tiny-nli``); plain ``tiny`` stays the random base of nlicot.tiny."""
-    return name in RECIPES
-
-
 def resolve(name: str) -> str:
     """The cached folder of ``name``, pretrained on first use."""
     recipe = RECIPES.get(name)
     if recipe is None:
-        raise ValueError(f"unknown model name {name!r}: choose tiny, {', '.join(RECIPES)}, a hub id or a folder")
+        raise UnknownModelError(f"unknown model name {name!r}: choose tiny, {', '.join(RECIPES)}, a hub id or a folder")
     dest = cache_root() / f"{name}-mistral-v3-{recipe.version}"
     if not (dest / "config.json").is_file():
         build(recipe, dest)
