@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,27 +40,21 @@ def _cli(*args: str) -> float:
     """Run ``python -m nlicot …`` in the repo; return its wall seconds (raises with stderr on failure)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "nlicot", *args, "--trainer.enable_progress_bar=false"],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"error: python -m nlicot {args[0]} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
 def shuffled_train(dest: Path, seed: int = 0) -> Path:
-    """The train split with (label, thought) pairs permuted among the rows of each phenomenon."""
+    """The train split with (label, thought) pairs permuted within each phenomenon (``synth.shuffle_labels``)."""
+    from data_gen.synth import shuffle_labels
+
     rows = [json.loads(line) for line in (SYNTH / "train.jsonl").read_text().splitlines()]
-    rng = random.Random(seed)
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_kind[r["phenomenon"]].append(i)
-    for idx in by_kind.values():
-        moved = [(rows[i]["label"], rows[i]["thought_process"]) for i in idx]
-        rng.shuffle(moved)
-        for i, (label, thought) in zip(idx, moved, strict=True):
-            rows[i]["label"], rows[i]["thought_process"] = label, thought
-    dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    agree = sum(r["label"] == json.loads(o)["label"] for r, o in zip(rows, (SYNTH / "train.jsonl").read_text().splitlines(), strict=True))
-    print(f"shuffled train split: {agree / len(rows):.3f} of its labels still equal the true ones (chance: 0.5)")
+    shuffled = shuffle_labels(rows, seed)
+    dest.write_text("".join(json.dumps(r) + "\n" for r in shuffled))
+    agree = sum(a["label"] == b["label"] for a, b in zip(rows, shuffled, strict=True)) / len(rows)
+    print(f"shuffled train split: {agree:.3f} of its labels still equal the true ones (chance: 0.5)")
     return dest
 
 
@@ -84,6 +77,8 @@ def score(predictions: Path) -> dict:
     recs = [json.loads(line) for line in predictions.read_text().splitlines()]
     ok = [r["predicted_label"] == r["label"] for r in recs]
     out = {"n": len(recs), "accuracy": sum(ok) / len(recs), "parse_rate": sum(r["parse_ok"] for r in recs) / len(recs)}
+    # copying: does step 1 restate the premise word for word (the skill the pretrained base is meant to bring)?
+    out["copy_rate"] = sum(r["premise"][1:-1] in (r["thought_process"] or "") for r in recs) / len(recs)
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for r, hit in zip(recs, ok, strict=True):
         by_kind[gold[r["id"]]["phenomenon"]].append(hit)
@@ -109,7 +104,8 @@ def run(name: str, root: Path, steps: int, *overrides: str) -> dict:
     result = score(pred / "predictions.jsonl") | {"fit_s": fit_s, "test_s": test_s,
                                                    "curve": learning_curve(tb / "run")}
     print(f"\n[{name}] fit {steps} optimizer steps: {fit_s:.0f} s; predict {result['n']} test rows: {test_s:.0f} s")
-    print(f"[{name}] test accuracy {result['accuracy']:.3f}, parse rate {result['parse_rate']:.3f}")
+    print(f"[{name}] test accuracy {result['accuracy']:.3f}, parse rate {result['parse_rate']:.3f}, premise restated "
+          f"word for word in {result['copy_rate']:.3f} of the thoughts")
     print(f"[{name}] by phenomenon: " + ", ".join(f"{k} {a:.2f} ({n})" for k, (a, n) in result["by_phenomenon"].items()))
     print(f"[{name}] by generated thought tokens: "
           + ", ".join(f"{k}: {a:.2f} ({n})" for k, (a, n) in result["by_thought_tokens"].items()))

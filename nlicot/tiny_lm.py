@@ -24,7 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlicot.tiny import cache_root, load_v3_tokenizer, mistral_v3_tokenizer_file, tiny_config_kwargs
+from nlicot.tiny import (
+    cache_root,
+    load_v3_tokenizer,
+    mistral_v3_tokenizer_file,
+    tiny_config_kwargs,
+)
+
 
 class UnknownModelError(ValueError):
     """A ``tiny-*`` name that no recipe builds; the CLI prints it as one ``error:`` line."""
@@ -139,12 +145,12 @@ def build(recipe: Recipe, dest: Path) -> Path:
         shutil.copyfile(mistral_v3_tokenizer_file(), tmp / "tokenizer.model")
         tokenizer = load_v3_tokenizer(tmp)
         tokenizer.save_pretrained(tmp)
-        kwargs = tiny_config_kwargs() | dict(
-            hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
-            num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-            num_key_value_heads=recipe.num_key_value_heads,
-            head_dim=recipe.hidden_size // recipe.num_attention_heads,
-        )
+        kwargs = tiny_config_kwargs() | {
+            "hidden_size": recipe.hidden_size, "intermediate_size": recipe.intermediate_size,
+            "num_hidden_layers": recipe.num_hidden_layers, "num_attention_heads": recipe.num_attention_heads,
+            "num_key_value_heads": recipe.num_key_value_heads,
+            "head_dim": recipe.hidden_size // recipe.num_attention_heads,
+        }
         torch.manual_seed(recipe.seed)
         model = MistralForCausalLM(MistralConfig(**kwargs))
         pretrain(model, tokenizer, recipe)
