@@ -19,7 +19,9 @@ from pathlib import Path
 
 from data_gen.cli import main as data_gen
 
-PRICES = Path(__file__).resolve().parents[1] / "configs" / "data_gen" / "prices.yaml"
+REPO = Path(__file__).resolve().parents[1]
+PRICES = REPO / "configs" / "data_gen" / "prices.yaml"
+FAKE_API = REPO / "tests" / "data_gen" / "fake_api.py"  # a test double, not part of the installed package
 
 
 def _rows(path: Path, n: int) -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "data_gen.fake_api", "--latency-s", str(args.latency)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(FAKE_API), "--latency-s", str(args.latency)], stdout=subprocess.PIPE, text=True
     )
     try:
         url = server.stdout.readline().strip()

@@ -1,32 +1,42 @@
-"""``python -m data_gen <stage> [--config FILE] [--flag value ...]`` (also installed as ``nlicot-data``).
+"""``python -m data_gen <command> [--config FILE] [--flag value ...]`` (also installed as ``nlicot-data``).
 
-Every config key is also a flag (``max_tokens`` -> ``--max-tokens``; booleans take ``--x``/``--no-x``; ``null``
-unsets an optional value; mappings take inline YAML such as ``--columns '{label: gold}'``). Flags override the
-YAML. Known failures print ``error: …`` without a traceback and exit 2; a run stopped by the budget or left with
-a batch job still running exits 3 and resumes when rerun.
+Every config key is also a flag (``--max_tokens`` or ``--max-tokens``; booleans take ``--x`` / ``--no-x`` or
+``--x true``; ``null`` unsets an optional value; mappings take inline YAML such as ``--columns '{label: gold}'``;
+nested keys of ``run`` are dotted: ``--generate.concurrency 4``). Flags override the YAML; ``--print_config``
+prints the merged config as YAML. Exit status (see ``data_gen.errors``): 0 every row done; 2 a usage / config /
+input / auth error, printed as one ``error: …`` line; 3 stopped early and resumable by rerunning the same
+command; 4 finished with failed rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import logging
 import os
 import sys
-import types
-import typing
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable
 from typing import Any
 
-import yaml
+from data_gen.config import parse_config
+from data_gen.errors import EXIT_USAGE, DataGenError, RequestFailed
 
-from data_gen.config import coerce, load_config
-from data_gen.errors import ConfigError, DataGenError, RequestFailed
-from data_gen.stages import build, generate, reflect, score
+#: command -> (module, config dataclass, entry point ``f(config) -> exit status``); imported only when run.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "generate": ("data_gen.stages.generate", "GenerateConfig", "main"),
+    "reflect": ("data_gen.stages.reflect", "ReflectConfig", "main"),
+    "score": ("data_gen.stages.score", "ScoreConfig", "main"),
+    "build": ("data_gen.stages.build", "BuildConfig", "main"),
+    "run": ("data_gen.pipeline", "PipelineConfig", "run"),
+    "synth": ("data_gen.synth", "SynthConfig", "run"),
+}
 
-STAGES: dict[str, ModuleType] = {"generate": generate, "reflect": reflect, "score": score, "build": build}
-_NOT_FLAGS = ("stage", "config", "verbose")
+
+def command(name: str) -> tuple[type, Callable[[Any], int]]:
+    """The config class and entry point of one command."""
+    module_name, config_name, entry = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, entry)
 
 
 class RedactSecrets(logging.Filter):
@@ -64,66 +74,45 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
-def _field_help(f: dataclasses.Field) -> str:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    return f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+def _secrets(config: Any) -> set[str]:
+    """The API keys a config (or any stage config inside it) reads from the environment."""
+    names = {getattr(config, "api_key_env", None)} | {getattr(v, "api_key_env", None) for v in vars(config).values()}
+    return {os.environ[n] for n in names if n and os.environ.get(n)}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands_parser() -> argparse.ArgumentParser:
+    """``python -m data_gen --help``: the commands and what each does (its config's first docstring line)."""
     parser = argparse.ArgumentParser(
         prog="python -m data_gen",
-        description="The Reflection-CoT corpus pipeline on the Mistral API: generate -> reflect -> [score] -> build.",
-        epilog="Each stage: --config FILE (YAML) and/or one flag per key; see `python -m data_gen <stage> --help`.",
+        description="The Reflection-CoT corpus pipeline on the Mistral API: generate -> reflect -> [score] -> build, "
+        "or all of them with `run`.",
+        epilog="Each command: --config FILE (YAML) and/or one flag per key; see `python -m data_gen <command> --help`.",
     )
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="{" + ",".join(STAGES) + "}")
-    for name, module in STAGES.items():
-        cls = module.Config
-        p = sub.add_parser(name, help=cls.__doc__, description=cls.__doc__)
-        p.add_argument("--config", type=Path, help="YAML file with any of the keys below")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logging (retries, each poll)")
-        for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
-            if typing.get_type_hints(cls)[f.name] is bool:
-                p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=_field_help(f))
-            else:
-                p.add_argument(flag, dest=f.name, metavar="VALUE", default=argparse.SUPPRESS, help=_field_help(f))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name in COMMANDS:
+        sub.add_parser(name, help=(command(name)[0].__doc__ or "").split("\n")[0])
     return parser
 
 
-def _flag_value(text: str, tp: Any, flag: str) -> Any:
-    """A flag's text as the field's type: strings and paths stay text, everything else is read as YAML."""
-    members = set(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else {tp}
-    optional = type(None) in members
-    if optional and text.strip().lower() in ("null", "none", "~"):
-        return None
-    if members - {type(None)} <= {str, Path}:
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"{flag}: cannot read {text!r}") from None
-    return coerce(value, tp, flag)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    module = STAGES[args.stage]
-    _setup_logging(args.verbose)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        try:
+            _commands_parser().parse_args(argv[:1])
+        except SystemExit as e:
+            return int(e.code or 0)
+    name, rest = argv[0], argv[1:]
     try:
-        hints = typing.get_type_hints(module.Config)
-        overrides = {
-            k: _flag_value(v, hints[k], "--" + k.replace("_", "-")) if isinstance(v, str) else v
-            for k, v in vars(args).items()
-            if k not in _NOT_FLAGS
-        }
-        config = load_config(module.Config, args.config, overrides)
-        key_env = getattr(config, "api_key_env", None)
-        if key_env and os.environ.get(key_env):
-            _redactor.secrets.add(os.environ[key_env])
-        return module.main(config)
+        cls, run = command(name)
+        config, verbose = parse_config(cls, rest, prog=f"python -m data_gen {name}")
+        _setup_logging(verbose)
+        _redactor.secrets |= _secrets(config)
+        return run(config)
+    except SystemExit as e:  # --help, --print_config
+        return int(e.code or 0)
     except (DataGenError, RequestFailed) as e:
         print(f"error: {_redactor.redact(str(e))}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished rows are saved; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -46,3 +46,4 @@ class RequestFailed(Exception):
 
 class RowFailed(Exception):
     """A row cannot be completed (e.g. no valid answer within ``max_tries``); the reason is recorded."""
+

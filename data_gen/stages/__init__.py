@@ -1,1 +1,1 @@
-"""One module per stage; each exposes ``Config`` and ``main(config) -> exit status``."""
+"""One module per stage; each exposes its config dataclass (``GenerateConfig``, …) and ``main(config) -> status``."""

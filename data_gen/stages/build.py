@@ -18,13 +18,13 @@ import json
 import logging
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen.answers import QUALITY_RULES, QualityRules, quality
-from data_gen.config import BuildConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
-from data_gen.errors import InputError
+from data_gen.answers import QUALITY_PRESETS, QUALITY_RULES, QualityRules, quality
+from data_gen.errors import ConfigError, InputError
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
 from nlicot.corpus import pair_id
 from nlicot.hub import load_tokenizer
@@ -33,6 +33,57 @@ from nlicot.prompt import encode_answers, encode_prompts
 log = logging.getLogger(__name__)
 CORPUS_KEYS = ("id", "premise", "hypothesis", "label", "thought_process", "source")
 SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class BuildConfig:
+    """build: stage outputs -> the corpus JSONL nlicot trains on, plus stats (no API calls)."""
+
+    thoughts: Path | None = None
+    """generate's output (required)"""
+    reflected: Path | None = None
+    """reflect's output"""
+    scores: Path | None = None
+    """score's output: its (possibly rewritten) thoughts replace the originals"""
+    min_score: int | None = None
+    """with scores: drop rows whose lowest criterion is below this"""
+    out_dir: Path | None = None
+    """folder for train/val/test.jsonl and stats.json/stats.md (required)"""
+    tokenizer: str = "tiny"
+    """tokenizer for the length filter: 'tiny' (the real Mistral v3 one, offline) or a path/hub id"""
+    max_total_tokens: int = 512
+    """drop rows whose prompt + answer + EOS is longer (nlicot's token count)"""
+    quality: str | QualityRules = "standard"
+    """which thoughts enter the corpus: lenient | standard | strict, or rules {steps, verdict_required, min_words,
+    max_words} (unset ones as in standard); a verdict contradicting the label always goes"""
+    balance: bool = False
+    """downsample the majority label to the minority count"""
+    val_fraction: float = 0.1
+    """share of each label that goes to val.jsonl"""
+    test_fraction: float = 0.0
+    """share of each label that goes to test.jsonl (0: no test file)"""
+    seed: int = 0
+    """seed for balancing and splitting"""
+    histogram_bins: int = 16
+    """bins of the token length histogram"""
+    quiet: bool = False
+    """no summary on stdout"""
+
+    def quality_rules(self) -> QualityRules:
+        return QUALITY_PRESETS[self.quality] if isinstance(self.quality, str) else self.quality
+
+    def check(self) -> None:
+        problems = [f"missing required key {k!r}" for k in ("thoughts", "out_dir") if getattr(self, k) is None]
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            problems.append("val_fraction and test_fraction must be in [0, 1) and sum to < 1")
+        if self.max_total_tokens <= 0 or self.histogram_bins <= 0:
+            problems.append("max_total_tokens and histogram_bins must be > 0")
+        if self.min_score is not None and self.scores is None:
+            problems.append("min_score needs scores")
+        if isinstance(self.quality, str) and self.quality not in QUALITY_PRESETS:
+            problems.append(f"quality must be one of {', '.join(QUALITY_PRESETS)} or a mapping of rules, got {self.quality!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def token_lengths(tokenizer: Any, rows: list[Record]) -> list[int]:
@@ -180,7 +231,7 @@ def render_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Config) -> int:
+def main(cfg: BuildConfig) -> int:
     assert cfg.thoughts is not None and cfg.out_dir is not None
     duplicates: Counter[str] = Counter()
     generated = read_results(cfg.thoughts, GENERATED_FIELDS, purpose="build", counts=duplicates)

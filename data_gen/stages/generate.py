@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from data_gen import answers, prompts
-from data_gen.config import GenerateConfig as Config
+from data_gen.config import ApiStageConfig
 from data_gen.errors import ConfigError, InputError
 from data_gen.runner import run_stage
 from data_gen.store import Record
@@ -16,7 +17,15 @@ log = logging.getLogger(__name__)
 INPUT_FIELDS = ("id", "premise", "hypothesis", "label")
 
 
-def read_rows(cfg: Config) -> list[Record]:
+@dataclass
+class GenerateConfig(ApiStageConfig):
+    """generate: one 3-step thought and a label per input row (CSV or JSONL)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """map our field names (id, premise, hypothesis, label) to the input's columns"""
+
+
+def read_rows(cfg: GenerateConfig) -> list[Record]:
     """The input rows (CSV or JSONL), validated by the same reader ``nlicot`` trains from.
 
     Without an ``id`` column a row's id is a content hash of its (premise, hypothesis) (``nlicot.corpus.pair_id``),
@@ -37,7 +46,7 @@ def read_rows(cfg: Config) -> list[Record]:
     return [{k: r[k] for k in INPUT_FIELDS} for r in rows]
 
 
-def stage(cfg: Config) -> ApiStage:
+def stage(cfg: GenerateConfig) -> ApiStage:
     def workflow(row: Record) -> Workflow:
         request = ChatRequest(
             cfg.model, prompts.generation_messages(row["premise"], row["hypothesis"]), cfg.max_tokens, cfg.temperature, cfg.seed
@@ -48,5 +57,5 @@ def stage(cfg: Config) -> ApiStage:
     return ApiStage("generate", read_rows(cfg), workflow, (cfg.model,))
 
 
-def main(cfg: Config) -> int:
+def main(cfg: GenerateConfig) -> int:
     return run_stage(stage(cfg), cfg)

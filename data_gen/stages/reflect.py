@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from data_gen import answers, prompts
-from data_gen.config import ReflectConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, read_results
+from data_gen.config import ApiStageConfig
+from data_gen.results import GENERATED_FIELDS, read_results
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 
 
-def read_rows(cfg: Config) -> list[Record]:
+@dataclass
+class ReflectConfig(ApiStageConfig):
+    """reflect: a corrected thought for every generated row whose label was wrong."""
+
+    model: str = "open-mistral-nemo"
+    """model name sent to the API"""
+    max_tokens: int = 400
+    """max_tokens per request; also the output bound used by the budget check"""
+    expected_output_tokens: int = 160
+    """typical answer length, used by --dry-run for the expected cost"""
+
+
+def read_rows(cfg: ReflectConfig) -> list[Record]:
     """generate's done rows that disagree with their gold label."""
     assert cfg.input is not None
     return [
@@ -21,7 +35,7 @@ def read_rows(cfg: Config) -> list[Record]:
     ]
 
 
-def stage(cfg: Config) -> ApiStage:
+def stage(cfg: ReflectConfig) -> ApiStage:
     def workflow(row: Record) -> Workflow:
         messages = prompts.reflection_messages(
             row["premise"], row["hypothesis"], row["label"], row["flawed_thought"], row["flawed_label"]
@@ -33,5 +47,5 @@ def stage(cfg: Config) -> ApiStage:
     return ApiStage("reflect", read_rows(cfg), workflow, (cfg.model,))
 
 
-def main(cfg: Config) -> int:
+def main(cfg: ReflectConfig) -> int:
     return run_stage(stage(cfg), cfg)

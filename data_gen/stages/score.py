@@ -7,18 +7,45 @@ the best-scored version is kept. When the budget runs out mid-loop the row keeps
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from data_gen import answers, prompts
-from data_gen.config import ScoreConfig as Config
-from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
-from data_gen.errors import BudgetExhausted, RowFailed
+from data_gen.config import ApiStageConfig
+from data_gen.errors import BudgetExhausted, ConfigError, RowFailed
+from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 
 
-def read_rows(cfg: Config) -> list[Record]:
+@dataclass
+class ScoreConfig(ApiStageConfig):
+    """score (optional): LLM-as-judge scores; thoughts below the threshold are rewritten and judged again."""
+
+    reflected: Path | None = None
+    """reflect's output; its rows are scored too"""
+    model: str = "mistral-small-latest"
+    """judge model"""
+    improve_model: str = "open-mistral-nemo"
+    """model that rewrites a thought scored below the threshold"""
+    threshold: int = 4
+    """a thought passes when coherence, correctness and brevity are all >= this (1-5)"""
+    max_rounds: int = 2
+    """rewrite-and-rejudge rounds per thought"""
+    max_tokens: int = 200
+    """max_tokens per request; also the output bound used by the budget check"""
+    expected_output_tokens: int = 80
+    """typical answer length, used by --dry-run for the expected cost"""
+
+    def check(self) -> None:
+        super().check()
+        if not 1 <= self.threshold <= 5 or self.max_rounds < 0:
+            raise ConfigError("threshold must be in 1..5 and max_rounds >= 0")
+
+
+def read_rows(cfg: ScoreConfig) -> list[Record]:
     assert cfg.input is not None
     reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
     rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS, purpose="score"), reflected)
@@ -31,7 +58,7 @@ def _rank(scores: dict[str, Any]) -> tuple[int, int]:
     return min(values), sum(values)
 
 
-def stage(cfg: Config) -> ApiStage:
+def stage(cfg: ScoreConfig) -> ApiStage:
     def request(model: str, messages: tuple[dict[str, str], ...]) -> ChatRequest:
         return ChatRequest(model, messages, cfg.max_tokens, cfg.temperature, cfg.seed)
 
@@ -77,5 +104,5 @@ def stage(cfg: Config) -> ApiStage:
     return ApiStage("score", read_rows(cfg), workflow, (cfg.model, cfg.improve_model))
 
 
-def main(cfg: Config) -> int:
+def main(cfg: ScoreConfig) -> int:
     return run_stage(stage(cfg), cfg)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_api import FakeConfig, FakeMistral
 
 from data_gen.cli import main
-from data_gen.fake_api import FakeConfig, FakeMistral
 
 #: The API key the tests use; it must never appear in any output file or log.
 KEY = "sk-test-0f1e2d3c4b5a-NEVER-LOG-ME"

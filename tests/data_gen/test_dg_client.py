@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+from fake_api import FakeConfig, FakeMistral
 
 from data_gen.client import (
     MistralClient,
@@ -26,7 +27,6 @@ from data_gen.errors import (
     RequestFailed,
     ServerUnreachable,
 )
-from data_gen.fake_api import FakeConfig, FakeMistral
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest
 

@@ -6,8 +6,7 @@ import json
 import logging
 
 import pytest
-
-from data_gen.fake_api import FAULTS
+from fake_api import FAULTS
 
 
 def _ids(records: list[dict]) -> list[str]:

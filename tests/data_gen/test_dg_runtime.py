@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_api import FakeConfig, FakeMistral
 from test_dg_client import closed_port
 
 from data_gen import prompts
 from data_gen.config import ApiStageConfig
 from data_gen.errors import OutputLocked
-from data_gen.fake_api import FakeConfig, FakeMistral
 from data_gen.ledger import Ledger
 from data_gen.store import OutputLock
 
@@ -68,7 +68,7 @@ def test_a_server_that_dies_mid_run_is_detected_quickly_and_the_rerun_finishes(
 ):
     rows, out = rows_file(150), tmp_path / "thoughts.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "data_gen.fake_api", "--latency-s", "0.02", "--api-key", api_key],
+        [sys.executable, str(Path(__file__).with_name("fake_api.py")), "--latency-s", "0.02", "--api-key", api_key],
         stdout=subprocess.PIPE, text=True,
     )
     killed_at: list[float] = []

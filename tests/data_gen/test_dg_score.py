@@ -7,9 +7,9 @@ import json
 import pytest
 
 from data_gen import prompts
-from data_gen.config import ScoreConfig
 from data_gen.errors import BudgetExhausted
 from data_gen.stages import score
+from data_gen.stages.score import ScoreConfig
 from data_gen.workflow import Reply
 
 

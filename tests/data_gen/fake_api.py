@@ -6,7 +6,7 @@ injects faults at configurable rates: 429 with ``Retry-After``, 500, answers slo
 invalid JSON, invalid labels/scores. Every draw is a hash of the seed, the request body and how many times
 that body was seen, so a run is reproducible whatever the request order. Binds 127.0.0.1 only.
 
-    python -m data_gen.fake_api --latency-s 0.1 --rate-500 0.05      # prints its URL, serves until Ctrl-C
+    python tests/data_gen/fake_api.py --latency-s 0.1 --rate-500 0.05   # prints its URL, serves until Ctrl-C
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_gen.fake_api", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tests/data_gen/fake_api.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     for f in dataclasses.fields(FakeConfig):
         kind = {"float": float, "int": int, "str | None": str}.get(str(f.type))
