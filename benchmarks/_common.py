@@ -45,3 +45,35 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
     }
+
+
+def sft_checkpoint(config: str, steps: int, *extra: str) -> Path:
+    """``last.ckpt`` of ``python -m nlicot fit --config <config>`` stopped after ``steps`` optimizer steps.
+
+    For the benchmarks that start from a deliberately under-trained SFT adapter (self-consistency, GRPO): the
+    same arguments give the same seeded run, so it is trained once and cached under ``.cache/benchmarks``, keyed
+    by the config's text, the steps and ``extra`` CLI arguments. The PEFT adapter folder sits next to the
+    checkpoint (``…/checkpoints/adapter``). Built in a temporary folder and renamed, so a failed run leaves nothing.
+    """
+    import hashlib
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    text = (REPO / config).read_text()
+    key = hashlib.sha256(json.dumps([config, text, steps, list(extra)]).encode()).hexdigest()[:12]
+    root = REPO / ".cache" / "benchmarks" / f"sft-{Path(config).stem}-{steps}-{key}"
+    ckpt = root / "checkpoints" / "last.ckpt"
+    if ckpt.is_file():
+        return ckpt
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", config, f"--trainer.max_steps={steps}",
+           "--trainer.enable_progress_bar=false", f"--checkpoint.dirpath={tmp / 'checkpoints'}",
+           f"--trainer.logger.init_args.save_dir={tmp / 'tb'}", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"SFT run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    tmp.rename(root)
+    return ckpt

@@ -333,12 +333,12 @@ class NLICoTModule(L.LightningModule):
         examples = datamodule.splits[stage].examples
         rows = examples.select(range(len(examples) if n < 0 else min(n, len(examples))))
         rows = rows.shard(self.trainer.world_size, self.trainer.global_rank, contiguous=True).to_list()
-        recs = self.generate_records(rows)
+        recs = self.predict_records(rows)
         metric = NLIMetrics().to(self.device)
         evaluation.update_metrics(metric, recs)
         evaluation.log_metrics(self, stage, metric.compute(), recs[:3])
 
-    def generate_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def predict_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows (``prompt_ids``, ``id``, ``label``, …) → prediction records, with the model's generation settings.
 
         One greedy chain per row, or with ``num_samples`` > 1 a vote over sampled chains
@@ -359,7 +359,7 @@ class NLICoTModule(L.LightningModule):
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         """One length-sorted batch of rows → records (the PredictionWriter restores input order)."""
-        recs = self.generate_records(batch)
+        recs = self.predict_records(batch)
         for rec, row in zip(recs, batch, strict=True):
             rec["index"] = row["index"]
         return recs
