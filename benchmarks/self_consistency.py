@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from _common import REPO, machine, sft_checkpoint
-
-import yaml  # noqa: E402  (after _common: it sets the offline environment)
 
 
 def predict(config: str, ckpt: Path, rows: str, out: Path, *args: str) -> tuple[list[dict], dict, float]:
@@ -37,7 +36,7 @@ def predict(config: str, ckpt: Path, rows: str, out: Path, *args: str) -> tuple[
            f"--data.predict_path={rows}", f"--predictions.output_dir={out}", "--trainer.enable_progress_bar=false",
            *args]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"error: predict failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")

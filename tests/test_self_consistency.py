@@ -6,14 +6,28 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from nlicot.evaluation import records, update_metrics
-from nlicot.generation import Chains, Generated, SeededSampling, generate_batched, sample_chains
-from nlicot.metrics import NLIMetrics, accuracy_at_coverage, coverage_curve, reliability_bins, scalar_metrics
+from nlicot.generation import (
+    Chains,
+    Generated,
+    SeededSampling,
+    generate_batched,
+    sample_chains,
+)
+from nlicot.metrics import (
+    NLIMetrics,
+    accuracy_at_coverage,
+    coverage_curve,
+    reliability_bins,
+    scalar_metrics,
+)
 from nlicot.prompt import encode_prompts
 from nlicot.voting import majority_vote
 
@@ -217,28 +231,24 @@ def logprobs(chains: list[Chains]) -> list[float]:
     return [g.mean_logprob for c in chains for g in c.samples]
 
 
-class FirstForward:
-    """Records the ``input_ids`` shape of every decoder call (the first one is the prefill)."""
-
-    def __init__(self, model) -> None:
-        self.model, self.shapes = model, []
-
-    def __enter__(self) -> FirstForward:
-        self.hook = self.model.model.register_forward_pre_hook(
-            lambda m, a, kw: self.shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
-        )
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.hook.remove()
+@contextmanager
+def decoder_calls(model) -> Iterator[list[tuple[int, int]]]:
+    """The ``input_ids`` shape of every decoder call made inside the block (the first one is the prefill)."""
+    shapes: list[tuple[int, int]] = []
+    hook = model.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                 with_kwargs=True)  # fmt: skip
+    try:
+        yield shapes
+    finally:
+        hook.remove()
 
 
 @pytest.fixture(scope="module")
 def base(model, tokenizer, prompts) -> tuple[list[Chains], tuple[int, int]]:
     """Three chains for each prompt, all in one batch, and the shape of that batch's prefill."""
-    with FirstForward(model) as seen:
+    with decoder_calls(model) as shapes:
         chains = sample(model, tokenizer, prompts, KEYS, batch_size=12)
-    return chains, seen.shapes[0]
+    return chains, shapes[0]
 
 
 def test_chains_depend_on_seed_and_row_only(model, tokenizer, prompts, base) -> None:
@@ -258,12 +268,12 @@ def test_chains_depend_on_seed_and_row_only(model, tokenizer, prompts, base) -> 
 
 def test_shared_prefill_runs_each_prompt_once_and_changes_nothing(model, tokenizer, prompts, base) -> None:
     chains, prefill = base
-    with FirstForward(model) as seen:
+    with decoder_calls(model) as shapes:
         repeated = sample(model, tokenizer, prompts, KEYS, batch_size=12, share_prefill=False)
     longest = max(map(len, prompts))
     assert prefill == (4, longest - 1)  # one prefill row per prompt ...
-    assert seen.shapes[0] == (12, longest)  # ... instead of one per chain, as generate(num_return_sequences) does
-    assert set(seen.shapes[1:]) == {(12, 1)}
+    assert shapes[0] == (12, longest)  # ... instead of one per chain, as generate(num_return_sequences) does
+    assert set(shapes[1:]) == {(12, 1)}
     assert tokens(repeated) == tokens(chains)
     assert logprobs(repeated) == pytest.approx(logprobs(chains), abs=1e-4)
 
@@ -296,7 +306,7 @@ def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -
         [sys.executable, "-m", "nlicot", "predict", "--config", "configs/demo.yaml", f"--data.predict_path={inputs}",
          f"--predictions.output_dir={out}", "--model.max_new_tokens=6", "--model.num_samples=3",
          "--model.temperature=1.0", "--trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, cwd=repo, timeout=600,
+        capture_output=True, text=True, cwd=repo, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
