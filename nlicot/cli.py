@@ -25,6 +25,7 @@ from nlicot.data import NLICoTDataModule
 from nlicot.evaluation import PredictionWriter
 from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
+from nlicot.prompt import TemplateTokenError
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
 ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
@@ -110,6 +111,7 @@ def main(args: list[str] | None = None) -> None:
                 "use_distributed_sampler": False,  # our sampler shards by rank and knows accumulation
             },
         )
-    except (CorpusError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError, UsageError) as e:
+    except (CorpusError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError, UsageError,
+            TemplateTokenError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None
