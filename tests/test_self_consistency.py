@@ -297,13 +297,13 @@ def test_bad_sampling_settings(model, tokenizer, prompts, kwargs, message) -> No
 
 
 def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -> None:
-    """``predict`` with k = 3 from the demo config (fresh adapter: nothing to train for the plumbing)."""
+    """``predict`` with k = 3 from the hand-written demo config (fresh adapter: nothing to train for the plumbing)."""
     inputs = tmp_path / "pairs.csv"
     inputs.write_text("id,premise,hypothesis,label\nb,A long premise about three cats on a warm mat.,Cats rest.,1\n"
                       "a,Rain.,It is dry.,0\n")  # fmt: skip
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "nlicot", "predict", "--config", "configs/demo.yaml", f"--data.predict_path={inputs}",
+        [sys.executable, "-m", "nlicot", "predict", "--config", "configs/demo_handwritten.yaml", f"--data.predict_path={inputs}",
          f"--predictions.output_dir={out}", "--model.max_new_tokens=6", "--model.num_samples=3",
          "--model.temperature=1.0", "--trainer.enable_progress_bar=false"],
         capture_output=True, text=True, cwd=repo, timeout=600, check=False,
@@ -322,3 +322,23 @@ def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -
     for name in ("reliability_diagram", "accuracy_vs_coverage", "confusion_matrix"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vote of 3 chains" in proc.stdout
+
+
+def test_validate_logs_vote_metrics_and_figures(repo, tmp_path) -> None:
+    """Generation evaluation with k = 2 puts the vote's scores and figures into TensorBoard."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "nlicot", "validate", "--config", "configs/demo_handwritten.yaml",
+         "--model.generation_eval=3", "--model.max_new_tokens=4", "--model.num_samples=2",
+         "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+         f"--trainer.logger.init_args.save_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=repo, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (version,) = (tmp_path / "demo_handwritten").glob("version_*")
+    acc = EventAccumulator(str(version))
+    acc.Reload()
+    assert {"val/accuracy", "val/greedy_accuracy", "val/chain_accuracy", "val/ece", "val/accuracy_at_coverage_50",
+            "val/accuracy_at_coverage_80"} <= set(acc.Tags()["scalars"])  # fmt: skip
+    assert {"val/reliability_diagram", "val/accuracy_vs_coverage"} <= set(acc.Tags()["images"])
