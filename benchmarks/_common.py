@@ -109,7 +109,7 @@ def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test"
     module.configure_model()
     data = load_rows(str(SYNTH / f"{split}.jsonl"), split=split)[:rows]
     ids = encode_prompts(module.tokenizer, [r["premise"] for r in data], [r["hypothesis"] for r in data])
-    recs = module._generate([dict(r, prompt_ids=p) for r, p in zip(data, ids, strict=True)])
+    recs = module.predict_records([dict(r, prompt_ids=p) for r, p in zip(data, ids, strict=True)])
     n = len(recs)
     return {
         "rows": n,

@@ -36,6 +36,10 @@ def answer_text(thought_process: str, label: int) -> str:
     return json.dumps({"thought_process": thought_process.strip(), "predicted_label": int(label)}, ensure_ascii=False)
 
 
+class TemplateTokenError(ValueError):
+    """The tokenizer lacks the control tokens the template places; the CLI prints it as one ``error:`` line."""
+
+
 @dataclass(frozen=True)
 class SpecialIds:
     """The ids the template places by hand."""
@@ -50,7 +54,12 @@ class SpecialIds:
         inst, inst_end = tokenizer.convert_tokens_to_ids(["[INST]", "[/INST]"])
         unk = tokenizer.unk_token_id
         if inst in (None, unk) or inst_end in (None, unk):
-            raise ValueError("tokenizer has no [INST]/[/INST] control tokens: it is not a Mistral v3 tokenizer")
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise TemplateTokenError(
+                f"tokenizer {name} has no [INST]/[/INST] control tokens (it is not a Mistral v3 tokenizer): add them "
+                "as special tokens (tokenizer.add_special_tokens({'additional_special_tokens': ['[INST]', '[/INST]']}), "
+                "then save the model folder with resized embeddings)"
+            )
         return cls(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, inst=inst, inst_end=inst_end)
 
 

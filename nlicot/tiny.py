@@ -101,7 +101,11 @@ def build_tiny(dest: Path) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map ``tiny`` to its cached folder (building it on first use); pass hub ids and paths through."""
+    """Map ``tiny`` / ``tiny-*`` to its cached folder (building it on first use); pass hub ids and paths through."""
+    if name_or_path.startswith("tiny-"):  # the pretrained offline bases (nlicot/tiny_lm.py)
+        from nlicot import tiny_lm
+
+        return tiny_lm.resolve(name_or_path)
     if name_or_path != TINY_NAME:
         return name_or_path
     dest = cache_root() / f"tiny-mistral-v3-{TINY_VERSION}"

@@ -36,7 +36,7 @@ WEIGHT_TOL = 1e-3
 
 def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo.yaml"),
+    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo_handwritten.yaml"),
            f"--trainer.max_steps={STEPS}", f"--trainer.accumulate_grad_batches={ACCUMULATE}",
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
            "--model.lora_dropout=0", "--model.warmup_steps=2", "--checkpoint.every_n_train_steps=2",

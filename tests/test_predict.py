@@ -22,7 +22,7 @@ def cli(*args: str, module: str = "nlicot") -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    cli("fit", "--config", "configs/demo.yaml", "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
+    cli("fit", "--config", "configs/demo_handwritten.yaml", "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
         f"--checkpoint.dirpath={root / 'ckpt'}", f"--trainer.logger.init_args.save_dir={root / 'tb'}")
     return root
 
@@ -32,7 +32,7 @@ def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
     inputs.write_text("id,premise,hypothesis,label\nb,A long premise about three cats sleeping on a warm mat.,"
                       "Cats rest.,1\na,Rain.,It is dry.,0\nc,Short.,No label here.,\n")
     out = tmp_path / "out"
-    proc = cli("predict", "--config", "configs/demo.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
+    proc = cli("predict", "--config", "configs/demo_handwritten.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
                f"--data.predict_path={inputs}", f"--predictions.output_dir={out}", "--model.max_new_tokens=12",
                "--data.predict_batch_size=2", "--trainer.enable_progress_bar=false")
     recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -50,12 +50,12 @@ def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
 
 
 def test_validate_logs_generation_metrics(trained, tmp_path):
-    cli("validate", "--config", "configs/demo.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
+    cli("validate", "--config", "configs/demo_handwritten.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
         "--model.generation_eval=4", "--model.max_new_tokens=8", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (version,) = (tmp_path / "demo").glob("version_*")
+    (version,) = (tmp_path / "demo_handwritten").glob("version_*")
     acc = EventAccumulator(str(version))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])

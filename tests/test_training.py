@@ -26,7 +26,7 @@ FAST = ["--data.micro_batch_size=2", "--trainer.accumulate_grad_batches=2", "--t
 
 
 def fit_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo.yaml"), *FAST,
+    return [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo_handwritten.yaml"), *FAST,
             f"--checkpoint.dirpath={root / 'ckpt'}", f"--trainer.logger.init_args.save_dir={root / 'tb'}",
             "--trainer.logger.init_args.name=run", *extra]
 

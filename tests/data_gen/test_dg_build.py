@@ -134,7 +134,7 @@ def test_the_built_corpus_trains_with_nlicot(fake_api, rows_file, dg, flags, tmp
     assert dg("reflect", "--input", thoughts, "--output", reflected, *flags(server)) == 0
     assert _build(dg, thoughts, reflected, corpus, "--val-fraction", 0.25) == 0
     run = subprocess.run(
-        [sys.executable, "-m", "nlicot", "fit", "--config", "configs/demo.yaml",
+        [sys.executable, "-m", "nlicot", "fit", "--config", "configs/demo_handwritten.yaml",
          "--data.train_path", str(corpus / "train.jsonl"), "--data.val_path", str(corpus / "val.jsonl"),
          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
          "--trainer.logger.init_args.save_dir", str(tmp_path / "run"), "--checkpoint.dirpath", str(tmp_path / "run" / "ckpt")],

@@ -1,0 +1,162 @@
+"""Does nlicot teach the task? Held-out accuracy of the demo recipe, a shuffled-label control, the learning curve,
+packing on vs off, accuracy by phenomenon and by thought length.
+
+    python benchmarks/learning.py [--steps 150] [--skip-packing-off]
+
+Every run is the real CLI (``python -m nlicot fit`` then ``predict`` on ``data/synth/test.jsonl``) with
+``configs/demo.yaml``: the pretrained offline base ``tiny-nli`` frozen in NF4 + LoRA, greedy generation, parse
+failures counted as wrong. Runs (one after another, each in its own process):
+
+* ``signal``   — the recipe as configured; its TensorBoard gives the learning curve (val accuracy by generation
+  at every validation);
+* ``shuffled`` — the same recipe on a copy of the train split whose labels are permuted within each phenomenon
+  (each thought moves with its label, so no thought gives the premise's answer away): the baseline, which must
+  stay at chance (0.5 ± 0.05) on the test split;
+* ``unpacked`` — ``data.packing=false`` with a micro-batch holding about as many examples as a packed one, so
+  both runs see the same examples per optimizer step: accuracy should agree within noise, wall time shows the cost.
+
+Also times building ``tiny-nli`` (its one-off pretraining) when it is not cached yet. Targets (issue 13):
+accuracy >= 0.95 and parse rate >= 0.99 on the held-out test split within 10 minutes of 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from _common import REPO, machine
+
+CONFIG = REPO / "configs" / "demo.yaml"
+SYNTH = REPO / "data" / "synth"
+
+
+def _cli(*args: str) -> float:
+    """Run ``python -m nlicot …`` in the repo; return its wall seconds (raises with stderr on failure)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nlicot", *args, "--trainer.enable_progress_bar=false"],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: python -m nlicot {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def shuffled_train(dest: Path, seed: int = 0) -> Path:
+    """The train split with (label, thought) pairs permuted among the rows of each phenomenon."""
+    rows = [json.loads(line) for line in (SYNTH / "train.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_kind[r["phenomenon"]].append(i)
+    for idx in by_kind.values():
+        moved = [(rows[i]["label"], rows[i]["thought_process"]) for i in idx]
+        rng.shuffle(moved)
+        for i, (label, thought) in zip(idx, moved, strict=True):
+            rows[i]["label"], rows[i]["thought_process"] = label, thought
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    agree = sum(r["label"] == json.loads(o)["label"] for r, o in zip(rows, (SYNTH / "train.jsonl").read_text().splitlines(), strict=True))
+    print(f"shuffled train split: {agree / len(rows):.3f} of its labels still equal the true ones (chance: 0.5)")
+    return dest
+
+
+def learning_curve(tb_dir: Path) -> list[tuple[int, float, float]]:
+    """(optimizer step, val/accuracy, val/parse_rate) from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (version,) = sorted(tb_dir.glob("version_*"))[-1:]
+    acc = EventAccumulator(str(version))
+    acc.Reload()
+    if "val/accuracy" not in acc.Tags()["scalars"]:
+        return []
+    parse = {e.step: e.value for e in acc.Scalars("val/parse_rate")}
+    return [(e.step, e.value, parse.get(e.step, float("nan"))) for e in acc.Scalars("val/accuracy")]
+
+
+def score(predictions: Path) -> dict:
+    """Accuracy / parse rate overall, by phenomenon and by generated thought length (tertiles), from records."""
+    gold = {json.loads(line)["id"]: json.loads(line) for line in (SYNTH / "test.jsonl").read_text().splitlines()}
+    recs = [json.loads(line) for line in predictions.read_text().splitlines()]
+    ok = [r["predicted_label"] == r["label"] for r in recs]
+    out = {"n": len(recs), "accuracy": sum(ok) / len(recs), "parse_rate": sum(r["parse_ok"] for r in recs) / len(recs)}
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for r, hit in zip(recs, ok, strict=True):
+        by_kind[gold[r["id"]]["phenomenon"]].append(hit)
+    out["by_phenomenon"] = {k: (sum(v) / len(v), len(v)) for k, v in sorted(by_kind.items())}
+    lengths = sorted(r["thought_tokens"] for r in recs)
+    cuts = [lengths[len(lengths) // 3], lengths[2 * len(lengths) // 3]]
+    bins: dict[str, list[bool]] = defaultdict(list)
+    for r, hit in zip(recs, ok, strict=True):
+        n = r["thought_tokens"]
+        key = f"< {cuts[0]}" if n < cuts[0] else f"{cuts[0]}-{cuts[1] - 1}" if n < cuts[1] else f">= {cuts[1]}"
+        bins[key].append(hit)
+    out["by_thought_tokens"] = {k: (sum(v) / len(v), len(v)) for k, v in bins.items()}
+    return out
+
+
+def run(name: str, root: Path, steps: int, *overrides: str) -> dict:
+    """fit ``steps`` optimizer steps, then predict the test split; wall seconds of both, scores, curve."""
+    ckpt, tb, pred = root / name / "ckpt", root / name / "tb", root / name / "pred"
+    fit_s = _cli("fit", "--config", str(CONFIG), f"--trainer.max_steps={steps}", f"--checkpoint.dirpath={ckpt}",
+                 f"--trainer.logger.init_args.save_dir={tb}", "--trainer.logger.init_args.name=run", *overrides)
+    test_s = _cli("predict", "--config", str(CONFIG), f"--ckpt_path={ckpt / 'last.ckpt'}",
+                  f"--predictions.output_dir={pred}", f"--data.predict_path={SYNTH / 'test.jsonl'}", *overrides)
+    result = score(pred / "predictions.jsonl") | {"fit_s": fit_s, "test_s": test_s,
+                                                   "curve": learning_curve(tb / "run")}
+    print(f"\n[{name}] fit {steps} optimizer steps: {fit_s:.0f} s; predict {result['n']} test rows: {test_s:.0f} s")
+    print(f"[{name}] test accuracy {result['accuracy']:.3f}, parse rate {result['parse_rate']:.3f}")
+    print(f"[{name}] by phenomenon: " + ", ".join(f"{k} {a:.2f} ({n})" for k, (a, n) in result["by_phenomenon"].items()))
+    print(f"[{name}] by generated thought tokens: "
+          + ", ".join(f"{k}: {a:.2f} ({n})" for k, (a, n) in result["by_thought_tokens"].items()))
+    if result["curve"]:
+        print(f"[{name}] val accuracy by optimizer step: "
+              + ", ".join(f"{s}: {a:.2f} (parse {p:.2f})" for s, a, p in result["curve"]))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of every run (demo.yaml: 150)")
+    parser.add_argument("--skip-packing-off", action="store_true", help="leave out the packing-off run")
+    parser.add_argument("--skip-control", action="store_true", help="leave out the shuffled-label run")
+    args = parser.parse_args()
+    print("machine:", ", ".join(f"{k} {v}" for k, v in machine().items()))
+
+    from nlicot import tiny_lm
+
+    start = time.perf_counter()
+    was_cached = (Path(tiny_lm.cache_root()) / f"tiny-nli-mistral-v3-{tiny_lm.RECIPES['tiny-nli'].version}").is_dir()
+    tiny_lm.resolve("tiny-nli")
+    base_s = time.perf_counter() - start
+    print(f"tiny-nli base: {'cached' if was_cached else f'built and pretrained in {base_s:.0f} s'}")
+
+    with tempfile.TemporaryDirectory(prefix="nlicot-learning-") as tmp:
+        root = Path(tmp)
+        total = time.perf_counter()
+        signal = run("signal", root, args.steps)
+        budget = signal["fit_s"] + signal["test_s"]
+        verdict = "met" if signal["accuracy"] >= 0.95 and signal["parse_rate"] >= 0.99 and budget <= 600 else "NOT met"
+        print(f"\nheadline: test accuracy {signal['accuracy']:.3f}, parse rate {signal['parse_rate']:.3f} after "
+              f"{args.steps} optimizer steps, {budget / 60:.1f} min fit + test "
+              f"(target >= 0.95 / >= 0.99 within 10 min: {verdict})")
+        if not args.skip_control:
+            control = run("shuffled", root, args.steps, f"--data.train_path={shuffled_train(root / 'shuffled.jsonl')}")
+            ok = abs(control["accuracy"] - 0.5) <= 0.05
+            print(f"control: shuffled-label test accuracy {control['accuracy']:.3f} vs {signal['accuracy']:.3f} with "
+                  f"the real labels (target 0.5 +- 0.05: {'met' if ok else 'NOT met'})")
+        if not args.skip_packing_off:
+            # one packed micro-batch of 4 x 512 holds ~15 examples: give the unpacked run 16 per micro-batch
+            off = run("unpacked", root, args.steps, "--data.packing=false", "--data.micro_batch_size=16")
+            print(f"packing: on {signal['accuracy']:.3f} in {signal['fit_s']:.0f} s fit, off {off['accuracy']:.3f} in "
+                  f"{off['fit_s']:.0f} s fit ({off['fit_s'] / signal['fit_s']:.2f}x the wall time)")
+        print(f"\nall runs: {(time.perf_counter() - total) / 60:.1f} min")
+    return 0 if verdict == "met" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

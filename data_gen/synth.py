@@ -1,0 +1,269 @@
+"""A learnable NLI task generated offline: templated pairs whose label follows from the text alone.
+
+Why: the paid pipeline needs the Mistral API, and the hand-written demo rows are too few and too varied for a
+tiny model to learn from. Here every label is decided by one visible piece of evidence (a negation, a number,
+who did what to whom, a word's hypernym, a colour, a quantifier, a day), and the 3-step thought states it, so
+accuracy measures whether training taught the task. The test split holds out *combinations*: every
+(name, object, phenomenon) triple of a val/test row is absent from train, although each name, object and
+phenomenon is seen there — a model that memorised rows cannot pass it.
+
+Deterministic: the same :class:`SynthConfig` writes byte-identical files. :func:`pretraining_text` gives the
+unlabelled premise/hypothesis text (train combinations only) that ``nlicot.tiny_lm`` pretrains its base on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlicot.atomic import atomic_write_text
+
+NAMES = ("Anna", "Ben", "Carla", "David", "Elena", "Farid", "Grace", "Hugo",
+         "Iris", "Jonas", "Kira", "Leo", "Maya", "Nils", "Olga", "Paul")
+#: object -> its hypernym (the built-in lexicon of the hypernym phenomenon).
+LEXICON = {
+    "apple": "fruit", "pear": "fruit", "banana": "fruit",
+    "car": "vehicle", "bike": "vehicle", "truck": "vehicle",
+    "dog": "animal", "cat": "animal", "horse": "animal",
+    "guitar": "instrument", "violin": "instrument", "drum": "instrument",
+    "hammer": "tool", "saw": "tool",
+    "shirt": "garment", "coat": "garment",
+}
+OBJECTS = tuple(LEXICON)
+COLOURS = ("red", "blue", "green", "yellow", "black", "white")
+NUMBERS = ("two", "three", "four", "five", "six", "seven")
+HYPERNYM_VERBS = ("bought", "found", "sold", "drew")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+QUANTIFIERS = ("all", "some", "none", "not all")
+# (premise quantifier, hypothesis quantifier) -> label, assuming the group is non-empty.
+QUANTIFIER_LOGIC = {("all", "some"): 1, ("none", "not all"): 1, ("all", "none"): 0, ("all", "not all"): 0,
+                    ("some", "all"): 0, ("some", "none"): 0, ("none", "some"): 0, ("none", "all"): 0}
+PHENOMENA = ("negation", "number", "swap", "hypernym", "colour", "quantifier", "time")
+
+
+@dataclass
+class SynthConfig:
+    """Settings of ``python -m data_gen synth``."""
+
+    out_dir: Path = Path("data/synth")
+    """Folder that receives train.jsonl, val.jsonl and test.jsonl."""
+    train_size: int = 3000
+    """Rows in train.jsonl (labels balanced within each phenomenon)."""
+    val_size: int = 240
+    """Rows in val.jsonl (held-out combinations, disjoint from test's)."""
+    test_size: int = 420
+    """Rows in test.jsonl (held-out combinations)."""
+    heldout_fraction: float = 0.1
+    """Share of all (name, object, phenomenon) triples held out for val, and again for test."""
+    seed: int = 13
+    """Seed of everything: the same config writes the same bytes."""
+    phenomena: list[str] = field(default_factory=lambda: list(PHENOMENA))
+    """Phenomena to generate (a subset of negation, number, swap, hypernym, colour, quantifier, time)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One generated example before it gets an id."""
+
+    premise: str
+    hypothesis: str
+    label: int
+    thought: str
+    phenomenon: str
+    name: str
+    obj: str
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(word: str) -> str:
+    return {"fruit": "fruit", "coat": "coats"}.get(word, word + ("es" if word.endswith("sh") else "s"))
+
+
+def _clause(sentence: str) -> str:
+    """A sentence as a clause after "says": drop the full stop, lower-case a leading "The"/"All" but not a name."""
+    first = sentence.split()[0].rstrip(",")
+    body = sentence[:-1]
+    return body if first in NAMES or first in DAYS else body[0].lower() + body[1:]
+
+
+def _thought(premise: str, hypothesis: str, evidence: str, label: int, reason: str) -> str:
+    verdict = "entailment" if label else "no entailment"
+    return (f"step 1: The premise says {_clause(premise)}. step 2: The hypothesis says {_clause(hypothesis)}; "
+            f"{evidence}. step 3: {verdict}, because {reason}.")
+
+
+def _negation(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    colour = rng.choice(COLOURS)
+    if rng.random() < 0.5:  # positive premise: dropping the colour is entailed, negating it is not
+        p = f"{name} has {_a(colour + ' ' + obj)}."
+        if label:
+            return p, f"{name} has {_a(obj)}.", "it only drops the colour", "a " + colour + f" {obj} is still {_a(obj)}"
+        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", "it negates the premise", "the hypothesis denies what the premise states"
+    p = f"{name} does not have {_a(obj)}."  # negative premise: narrowing is entailed, asserting is not
+    if label:
+        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", f"no {obj} means no {colour} {obj}", f"having no {obj} rules out {_a(colour + ' ' + obj)}"
+    return p, f"{name} has {_a(obj)}.", "it drops the negation", "the hypothesis asserts what the premise denies"
+
+
+def _number(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    n = rng.randrange(1, len(NUMBERS))
+    k = rng.randrange(0, n + 1) if label else rng.randrange(n + 1, len(NUMBERS)) if n + 1 < len(NUMBERS) else None
+    if k is None:  # the largest number has nothing above it: flip to a smaller premise
+        n, k = rng.randrange(0, len(NUMBERS) - 1), len(NUMBERS) - 1
+    p = f"{name} has {NUMBERS[n]} {_plural(obj)}."
+    h = f"{name} has at least {NUMBERS[k]} {_plural(obj)}."
+    if label:
+        rel = "is" if k == n else "is more than"
+        return p, h, f"{NUMBERS[n]} {rel} {NUMBERS[k]}" if k < n else f"{NUMBERS[n]} is exactly {NUMBERS[k]}", f"{NUMBERS[n]} {_plural(obj)} are at least {NUMBERS[k]}"
+    return p, h, f"{NUMBERS[n]} is fewer than {NUMBERS[k]}", f"{NUMBERS[n]} {_plural(obj)} are not at least {NUMBERS[k]}"
+
+
+def _swap(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    other = rng.choice([n for n in NAMES if n != name])
+    p = f"{name} gave {other} the {obj}."
+    if label:
+        return p, f"{other} got the {obj} from {name}.", f"{name} is still the giver", "the roles are the same"
+    return p, f"{name} got the {obj} from {other}.", f"{name} is now the receiver", "the giver and the receiver are swapped"
+
+
+def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    hyper, verb = LEXICON[obj], rng.choice(HYPERNYM_VERBS)
+    if label:
+        return (f"{name} {verb} {_a(obj)}.", f"{name} {verb} {_a(hyper)}.", f"{_a(obj)} is {_a(hyper)}",
+                f"{_a(obj)} is always {_a(hyper)}")
+    if rng.random() < 0.5:  # the reverse direction: the general word does not give the specific one
+        return (f"{name} {verb} {_a(hyper)}.", f"{name} {verb} {_a(obj)}.", f"{_a(hyper)} need not be {_a(obj)}",
+                "the premise is less specific than the hypothesis")
+    wrong = rng.choice(sorted({h for h in LEXICON.values() if h != hyper}))
+    return (f"{name} {verb} {_a(obj)}.", f"{name} {verb} {_a(wrong)}.", f"{_a(obj)} is not {_a(wrong)}",
+            f"{_a(obj)} is {_a(hyper)}, not {_a(wrong)}")
+
+
+def _colour(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    colour = rng.choice(COLOURS)
+    other = colour if label else rng.choice([c for c in COLOURS if c != colour])
+    p, h = f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}."
+    if label:
+        return p, h, f"the colour is {colour} in both", "the colour matches"
+    return p, h, f"{other} is not {colour}", "the colour differs"
+
+
+def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    qp, qh = rng.choice(sorted(k for k, v in QUANTIFIER_LOGIC.items() if v == label))
+    colour = rng.choice(COLOURS)
+
+    def say(q: str) -> str:
+        verb = "is" if q == "none" else "are"
+        return f"{q.capitalize()} of the {_plural(obj)} of {name} {verb} {colour}."
+
+    p, h = say(qp), say(qh)
+    if label:
+        return p, h, f"{qp} implies {qh}", f"\"{qp}\" guarantees \"{qh}\""
+    return p, h, f"{qp} does not imply {qh}", f"\"{qp}\" is compatible with the opposite of \"{qh}\""
+
+
+def _time(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+    day = rng.choice(DAYS)
+    other = day if label else rng.choice([d for d in DAYS if d != day])
+    p, h = f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}."
+    if label:
+        return p, h, f"the day is {day} in both", "the day matches"
+    return p, h, f"{other} is not {day}", "the day differs"
+
+
+MAKERS: dict[str, Callable[[random.Random, str, str, int], tuple[str, str, str, str]]] = {
+    "negation": _negation, "number": _number, "swap": _swap, "hypernym": _hypernym,
+    "colour": _colour, "quantifier": _quantifier, "time": _time,
+}
+
+
+def make_pair(rng: random.Random, phenomenon: str, name: str, obj: str, label: int) -> Pair:
+    """One example of ``phenomenon`` about ``name`` and ``obj`` with the requested label."""
+    premise, hypothesis, evidence, reason = MAKERS[phenomenon](rng, name, obj, label)
+    return Pair(premise, hypothesis, label, _thought(premise, hypothesis, evidence, label, reason), phenomenon, name, obj)
+
+
+def split_triples(cfg: SynthConfig) -> dict[str, list[tuple[str, str, str]]]:
+    """All (name, object, phenomenon) triples, partitioned into train / val / test."""
+    triples = [(n, o, p) for p in cfg.phenomena for n in NAMES for o in OBJECTS]
+    rng = random.Random(f"{cfg.seed}-triples")
+    rng.shuffle(triples)
+    k = max(1, round(cfg.heldout_fraction * len(triples)))
+    return {"val": sorted(triples[:k]), "test": sorted(triples[k:2 * k]), "train": sorted(triples[2 * k:])}
+
+
+def _rows(cfg: SynthConfig, split: str, triples: list[tuple[str, str, str]], size: int,
+          taken: set[tuple[str, str]]) -> list[dict]:
+    """``size`` rows from ``triples``: labels alternate per phenomenon (balanced), no pair seen before."""
+    rng = random.Random(f"{cfg.seed}-{split}")
+    by_phenomenon = {p: [t for t in triples if t[2] == p] for p in cfg.phenomena}
+    rows: list[dict] = []
+    attempts = 0
+    while len(rows) < size:
+        attempts += 1
+        if attempts > 100 * size:
+            raise ValueError(f"synth: cannot make {size} distinct {split} rows; lower the size or add phenomena")
+        phenomenon = cfg.phenomena[len(rows) % len(cfg.phenomena)]
+        label = (len(rows) // len(cfg.phenomena)) % 2
+        name, obj, _ = rng.choice(by_phenomenon[phenomenon])
+        pair = make_pair(rng, phenomenon, name, obj, label)
+        key = (pair.premise, pair.hypothesis)
+        if key in taken:
+            continue
+        taken.add(key)
+        rows.append({"id": f"synth-{split}-{len(rows) + 1:05d}", "premise": pair.premise,
+                     "hypothesis": pair.hypothesis, "label": pair.label, "thought_process": pair.thought,
+                     "source": "synthetic", "phenomenon": phenomenon, "name": name, "object": obj})
+    return rows
+
+
+def generate(cfg: SynthConfig) -> dict[str, list[dict]]:
+    """The three splits as lists of corpus rows (no file is written)."""
+    unknown = sorted(set(cfg.phenomena) - set(PHENOMENA))
+    if unknown or not cfg.phenomena:
+        raise ValueError(f"synth: unknown phenomena {unknown} (choose from {', '.join(PHENOMENA)})")
+    triples = split_triples(cfg)
+    taken: set[tuple[str, str]] = set()
+    # test and val first, so that train (the largest) is the split that skips an already-used pair
+    out = {s: _rows(cfg, s, triples[s], n, taken)
+           for s, n in (("test", cfg.test_size), ("val", cfg.val_size), ("train", cfg.train_size))}
+    return {s: out[s] for s in ("train", "val", "test")}
+
+
+def pretraining_text(cfg: SynthConfig, size: int, seed: int) -> Iterator[str]:
+    """Unlabelled ``Premise: …\\nHypothesis: …`` pairs from the *train* combinations only: no label, no thought.
+
+    Both labels are drawn for every phenomenon, so the text itself says nothing about which pairs entail.
+    """
+    rng = random.Random(f"{cfg.seed}-pretrain-{seed}")
+    train = split_triples(cfg)["train"]
+    for _ in range(size):
+        name, obj, phenomenon = rng.choice(train)
+        pair = make_pair(rng, phenomenon, name, obj, rng.randrange(2))
+        yield f"Premise: {pair.premise}\nHypothesis: {pair.hypothesis}"
+
+
+def run(cfg: SynthConfig) -> int:
+    """Write ``out_dir/{train,val,test}.jsonl`` (each atomically); 0 on success, 2 on a bad config."""
+    try:
+        splits = generate(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2  # data_gen's usage / config error status
+    out = Path(cfg.out_dir)
+    for split, rows in splits.items():
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        ones = sum(r["label"] for r in rows)
+        print(f"{out / f'{split}.jsonl'}: {len(rows)} rows, {ones} entailment / {len(rows) - ones} not")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(SynthConfig()))
