@@ -19,8 +19,8 @@ Why each choice:
 * **Token-level mean** (sum over every completion token of the micro-batch / their number) instead of a mean of
   per-completion means: a per-completion mean weighs each token of a short answer more, a hidden length bias
   that would fight the explicit brevity term.
-* **Sampling RNG as a function of (sample_seed, optimizer step, micro-batch, rank)**: a resumed run draws the
-  very completions an unbroken one would, whatever ran in between (validation, checkpointing).
+* **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
+  completions an unbroken one would, whatever ran in between (validation, checkpointing).
 
 Everything else is NLICoTModule's: 4-bit base + LoRA loading, warmup-cosine schedule, adapter-only checkpoints
 with RNG states, PEFT adapter folder beside them, generation-based validation.
@@ -33,13 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
-from transformers import GenerationConfig, StoppingCriteriaList
 
 from nlicot.data import NLICoTDataModule, TokenizedSplit
-from nlicot.generation import Generated, JsonObjectStop, _finish, left_pad, token_pieces
+from nlicot.generation import Generated, left_pad, sample_chains
 from nlicot.model import NLICoTModule, NonFiniteLossError
 from nlicot.parsing import extract_prediction
 
@@ -183,9 +181,6 @@ class GRPOModule(NLICoTModule):
         self,
         *args: Any,
         num_generations: int = 8,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        sample_seed: int = 0,
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.01,
         reward_correct: float = 1.0,
@@ -197,9 +192,6 @@ class GRPOModule(NLICoTModule):
         """
         Args:
             num_generations: G, completions sampled per prompt (≥ 2: advantages compare within the group).
-            temperature: sampling temperature (> 0); the policy's log-probs use the same temperature.
-            top_p: nucleus sampling mass in (0, 1].
-            sample_seed: seed of the sampling stream; the draws of a step depend on (seed, step, micro-batch, rank).
             clip_epsilon: PPO ratio clip ε (> 0).
             kl_coef: β of the k3 KL to the base with the adapter disabled (≥ 0; 0 skips the reference forward).
             reward_correct: weight of "parsed label equals gold" (1/0).
@@ -207,12 +199,13 @@ class GRPOModule(NLICoTModule):
             reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
             brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
             *args, **kwargs: NLICoTModule's arguments (base model, LoRA / ``adapter_path``, LR schedule,
-                ``max_new_tokens``, ``generation_batch_size``, ``generation_eval``). ``adapter_path`` may also be
-                an nlicot ``.ckpt`` file: its LoRA settings and weights are the starting point.
+                ``max_new_tokens``, ``generation_batch_size``, and the sampling settings ``temperature``,
+                ``top_p``, ``sample_seed`` that GRPO samples with; the policy's log-probs use the same
+                temperature). ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights
+                are the starting point.
         """
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
-        self._pieces: list[str] | None = None
         self._last_samples: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:
@@ -226,10 +219,6 @@ class GRPOModule(NLICoTModule):
         if h.num_generations < 2:
             problems.append(f"model.num_generations={h.num_generations} must be >= 2 (advantages are relative to "
                             "the group: one completion has nothing to be compared with)")
-        if h.temperature <= 0:
-            problems.append(f"model.temperature={h.temperature} must be > 0 (GRPO samples; 0 would be greedy)")
-        if not 0 < h.top_p <= 1:
-            problems.append(f"model.top_p={h.top_p} must be in (0, 1]")
         if h.clip_epsilon <= 0:
             problems.append(f"model.clip_epsilon={h.clip_epsilon} must be > 0")
         if h.kl_coef < 0:
@@ -270,46 +259,21 @@ class GRPOModule(NLICoTModule):
         self.load_state_dict(ckpt["state_dict"], strict=False)
 
     # -------------------------------------------------------------- sampling
-    def _sampling_seed(self, batch_idx: int) -> int:
-        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
-        rank = self.global_rank if self._trainer is not None else 0
-        key = [self.hparams.sample_seed, self.global_step, batch_idx % accumulate, rank]
-        return int(np.random.SeedSequence(key).generate_state(1)[0])
+    def sample(self, rows: Sequence[dict[str, Any]]) -> list[Generated]:
+        """G completions per row (row-major: row 0's G first) from the current policy, in eval mode.
 
-    @torch.no_grad()
-    def sample(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Generated]:
-        """G completions per prompt (prompt-major: prompt 0's G first), from the current policy in eval mode.
-
-        The global torch RNG is forked, so sampling neither depends on nor disturbs the training streams.
+        Chain j of a row is drawn from a generator seeded by (``sample_seed``, row id @ optimizer step, j)
+        (``nlicot.generation.sample_chains``, prompts prefilled once per group): the draws of a step depend on
+        nothing else — not on the batch, the device count, or whatever used the global RNG before — so a resumed
+        run samples what the unbroken one did, and a prompt seen again in a later epoch gets fresh samples.
         """
         h = self.hparams
-        tok = self.tokenizer
-        if self._pieces is None:
-            self._pieces = token_pieces(tok)
-        eos = tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        config = GenerationConfig(max_new_tokens=h.max_new_tokens, do_sample=True, temperature=h.temperature,
-                                  top_p=h.top_p, top_k=0, num_return_sequences=h.num_generations, use_cache=True,
-                                  eos_token_id=eos, pad_token_id=pad)
-        per_batch = max(1, h.generation_batch_size // h.num_generations)
-        out: list[Generated] = []
-        was_training = self.model.training
-        self.model.eval()
-        devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                for start in range(0, len(prompts), per_batch):
-                    ids, mask = left_pad(prompts[start : start + per_batch], pad)
-                    stop = JsonObjectStop(self._pieces, ids.shape[1], len(ids) * h.num_generations)
-                    generated = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                                    generation_config=config,
-                                                    stopping_criteria=StoppingCriteriaList([stop]))
-                    rows = generated[:, ids.shape[1] :].tolist()
-                    out.extend(_finish(tok, r, eos, stop.closed_at[i]) for i, r in enumerate(rows))
-        finally:
-            self.model.train(was_training)
-        return out
+        keys = [f"{r['id']}@{self.global_step}" for r in rows]
+        chains = sample_chains(self.model, self.tokenizer, [r["prompt_ids"] for r in rows], keys,
+                               num_samples=h.num_generations, temperature=h.temperature, top_p=h.top_p,
+                               seed=h.sample_seed, max_new_tokens=h.max_new_tokens,
+                               batch_size=max(h.generation_batch_size, h.num_generations))
+        return [g for c in chains for g in c.samples]
 
     # -------------------------------------------------------------- log-probs
     def _layout(
@@ -374,7 +338,7 @@ class GRPOModule(NLICoTModule):
         h = self.hparams
         g = h.num_generations
         prompts = [r["prompt_ids"] for r in batch]
-        completions = self.sample(prompts, self._sampling_seed(batch_idx))
+        completions = self.sample(batch)
         gold = [r["label"] for r in batch for _ in range(g)]
         terms = reward_terms([c.text for c in completions], [c.num_tokens for c in completions], gold,
                              h.max_new_tokens, h.brevity_free_tokens)

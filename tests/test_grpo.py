@@ -177,25 +177,31 @@ def test_kl_to_the_adapter_disabled_base_is_zero_for_a_zero_lora_and_positive_af
     assert module.model.training  # eval-mode passes restore the mode they found
 
 
-def test_sampling_depends_on_the_seed_only(grpo, prompts) -> None:
-    first = grpo.sample(prompts, seed=7)
+def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
+    rows = [{"id": f"row{i}", "prompt_ids": p} for i, p in enumerate(prompts)]
+    first = grpo.sample(rows)
     torch.manual_seed(999)
     torch.rand(100)
     state = torch.get_rng_state()
-    again = grpo.sample(prompts, seed=7)
+    again = grpo.sample(rows)
+    alone = grpo.sample(rows[1:])
     assert torch.equal(torch.get_rng_state(), state)  # the training streams are not disturbed
-    other = grpo.sample(prompts, seed=8)
+    grpo.hparams.sample_seed = 8
+    try:
+        other = grpo.sample(rows)
+    finally:
+        grpo.hparams.sample_seed = 0
     assert len(first) == 2 * len(prompts)
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in first[2:]]  # not the batch, the row decides
     assert [c.token_ids for c in first] != [c.token_ids for c in other]
+    assert first[0].token_ids != first[1].token_ids  # the G chains of a row differ
     assert all(1 <= c.num_tokens <= 16 for c in first)
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [({"num_generations": 1}, "model.num_generations=1 must be >= 2"),
-     ({"temperature": 0.0}, "model.temperature=0.0 must be > 0"),
-     ({"top_p": 1.5}, "model.top_p=1.5 must be in (0, 1]"),
      ({"clip_epsilon": 0.0}, "model.clip_epsilon=0.0 must be > 0"),
      ({"kl_coef": -0.1}, "model.kl_coef=-0.1 must be >= 0"),
      ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)")],
