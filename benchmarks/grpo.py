@@ -34,7 +34,7 @@ def run_grpo(adapter: Path, out: Path, steps: int) -> float:
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
            f"--model.init_args.adapter_path={adapter}", f"--trainer.max_steps={steps}",
            f"--checkpoint.dirpath={out / 'ckpt'}", f"--trainer.logger.init_args.save_dir={out / 'tb'}",
-           "--trainer.enable_progress_bar=false"]
+           "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # validation is not the budget
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
