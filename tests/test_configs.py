@@ -23,7 +23,10 @@ def resolved(*configs: str) -> dict:
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
         main([*args, "--print_config"])
     assert done.value.code in (0, None)
-    return yaml.safe_load(out.getvalue())
+    cfg = yaml.safe_load(out.getvalue())
+    for group in ("model", "data"):  # subclass mode: the class's arguments sit under init_args
+        cfg[group] = cfg[group]["init_args"] | {"class_path": cfg[group]["class_path"]}
+    return cfg
 
 
 @pytest.mark.parametrize("name", CONFIGS)
