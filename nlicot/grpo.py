@@ -6,7 +6,8 @@ One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_gene
     r ──normalise within each prompt's group──► advantages A = (r − mean_g) / std_g   (0 where a group is uniform)
     [prompt | completion] ──► log π_θ (train mode, with grad), log π_old (sampling policy, no grad),
                               log π_ref (same base, adapter disabled, no grad)
-    loss = − Σ_tokens [ min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) − β·k3(π_ref ‖ π_θ) ] / completion tokens,  ρ = π_θ / π_old
+    loss = − Σ_tokens [ min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) − β·k3(π_ref ‖ π_θ) ] / completion tokens of the step,
+    ρ = π_θ / π_old
 
 Why each choice:
 
@@ -16,7 +17,7 @@ Why each choice:
 * **Old log-probs from the sampling policy**: sampling runs in eval mode (no dropout); the policy forward runs
   in train mode. With ``lora_dropout > 0`` the two differ and ρ ≠ 1 even on the first step, which is what the
   clip is for; with no active dropout ρ = 1 exactly and the extra forward is skipped.
-* **Token-level mean** (sum over every completion token of the micro-batch / their number) instead of a mean of
+* **Token-level mean** (sum over every completion token of the optimizer step / their number) instead of a mean of
   per-completion means: a per-completion mean weighs each token of a short answer more, a hidden length bias
   that would fight the explicit brevity term.
 * **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
@@ -140,7 +141,7 @@ def grpo_loss(
 
 # ------------------------------------------------------------------ data
 class _PromptRows(torch.utils.data.Dataset):
-    """Index ``(row, window_tokens)`` from the parent's sampler → the prompt row GRPO needs (no answer)."""
+    """A row index from the parent's sampler → the prompt row GRPO needs (no answer)."""
 
     def __init__(self, split: TokenizedSplit) -> None:
         self.split = split
@@ -148,8 +149,8 @@ class _PromptRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split.packs)
 
-    def __getitem__(self, index: tuple[int, int]) -> dict[str, Any]:
-        row = self.split.examples[self.split.packs[index[0]][0]]
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.split.examples[self.split.packs[index][0]]
         return {k: row[k] for k in ("id", "premise", "hypothesis", "label", "prompt_ids")}
 
 
@@ -207,6 +208,7 @@ class GRPOModule(NLICoTModule):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
         self._last_samples: list[dict[str, Any]] = []
+        self._figures: dict[str, float] = {}
 
     def setup(self, stage: str) -> None:
         """Refuse settings that cannot work, before the base model is loaded.
@@ -353,15 +355,21 @@ class GRPOModule(NLICoTModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "
                                      f"(batch {batch_idx}); the last checkpoint is usable: lower model.learning_rate")
-        self._record(batch, completions, terms, reward, loss, stats)
-        return loss
+        self._record(batch, completions, terms, reward, stats)
+        # NLICoTModule's optimizer_step divides the summed objective by the step's completion tokens on all
+        # micro-batches and ranks: a token-level mean over the whole optimizer step.
+        count = layout["completion_mask"].sum().to(loss.dtype)
+        summed = loss * count.clamp(min=1.0)
+        counts = torch.stack([summed.detach(), count])
+        self._window = counts if self._window is None else self._window + counts
+        return summed
 
-    def _record(self, batch, completions, terms, reward, loss, stats) -> None:
-        """Sum this micro-batch's figures into the optimizer step's window (logged once per step)."""
-        w = self._window
+    def _record(self, batch, completions, terms, reward, stats) -> None:
+        """Sum this micro-batch's figures into the optimizer step's GRPO figures (logged once per step)."""
+        w = self._figures
         n = float(len(completions))
         groups = reward.view(len(batch), -1)
-        add = {"loss": loss.detach().item(), "reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
+        add = {"reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
                "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": n, "micro": 1.0,
                "groups": float(len(batch)), "flat_groups": (groups.std(dim=1, unbiased=False) < _STD_FLOOR).sum().item(),
                **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
@@ -376,20 +384,18 @@ class GRPOModule(NLICoTModule):
         ]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per optimizer step: rewards (mean, std, each term), KL, clip fraction, length, group accuracy, LR.
+        """Once per optimizer step: NLICoTModule's loss, LR and grad norm, then rewards (mean, std, each term),
+        KL, clip fraction, completion length, group accuracy and a sample group.
 
         ``grpo/flat_groups`` is the share of groups whose G rewards were all equal: they carry no gradient.
         """
-        w, self._window = self._window, {}
+        super().on_before_optimizer_step(optimizer)
+        w, self._figures = self._figures, {}
         if not w:
             return
         n, micro = max(w["n"], 1.0), max(w["micro"], 1.0)
         mean = w["reward"] / n
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
         figures = {
-            "train/loss": w["loss"] / micro,
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "train/grad_norm": float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0,
             "grpo/reward": mean,
             "grpo/reward_std": max(w["reward_sq"] / n - mean**2, 0.0) ** 0.5,
             **{f"grpo/reward_{k}": w[f"reward_{k}"] / n for k in REWARD_TERMS},

@@ -261,7 +261,7 @@ def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
 
 # ---------------------------------------------------------------- slow: a real run, killed and resumed
 FAST = ["--model.max_new_tokens=24", "--model.brevity_free_tokens=8", "--model.num_generations=4",
-        "--data.micro_batch_size=2", "--trainer.limit_val_batches=0", "--model.generation_eval=0",
+        "--data.micro_batch_size=2", "--trainer.limit_val_batches=0",
         "--checkpoint.every_n_train_steps=2", "--model.learning_rate=1e-2", "--model.warmup_steps=2",
         "--model.kl_coef=0.05", "--trainer.enable_progress_bar=false"]
 
