@@ -28,6 +28,7 @@ from nlicot.grpo import GRPOSettingsError
 from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
 from nlicot.prompt import TemplateTokenError
+from nlicot.tiny_lm import UnknownModelError
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
 ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
@@ -118,6 +119,6 @@ def main(args: list[str] | None = None) -> None:
             },
         )
     except (CorpusError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError, UsageError,
-            TemplateTokenError, GRPOSettingsError) as e:
+            TemplateTokenError, UnknownModelError, GRPOSettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None

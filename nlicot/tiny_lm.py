@@ -24,9 +24,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlicot.tiny import cache_root, load_v3_tokenizer, mistral_v3_tokenizer_file, tiny_config_kwargs
+from nlicot.tiny import (
+    cache_root,
+    load_v3_tokenizer,
+    mistral_v3_tokenizer_file,
+    tiny_config_kwargs,
+)
 
-PREFIX = "tiny-"
+
+class UnknownModelError(ValueError):
+    """A ``tiny-*`` name that no recipe builds; the CLI prints it as one ``error:`` line."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +62,11 @@ RECIPES = {
 }
 
 
-def is_pretrained_name(name: str) -> bool:
-    """Names this module builds (``tiny-nli``); plain ``tiny`` stays the random base of nlicot.tiny."""
-    return name in RECIPES
-
-
 def resolve(name: str) -> str:
     """The cached folder of ``name``, pretrained on first use."""
     recipe = RECIPES.get(name)
     if recipe is None:
-        raise ValueError(f"unknown model name {name!r}: choose tiny, {', '.join(RECIPES)}, a hub id or a folder")
+        raise UnknownModelError(f"unknown model name {name!r}: choose tiny, {', '.join(RECIPES)}, a hub id or a folder")
     dest = cache_root() / f"{name}-mistral-v3-{recipe.version}"
     if not (dest / "config.json").is_file():
         build(recipe, dest)
@@ -143,12 +145,12 @@ def build(recipe: Recipe, dest: Path) -> Path:
         shutil.copyfile(mistral_v3_tokenizer_file(), tmp / "tokenizer.model")
         tokenizer = load_v3_tokenizer(tmp)
         tokenizer.save_pretrained(tmp)
-        kwargs = tiny_config_kwargs() | dict(
-            hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
-            num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-            num_key_value_heads=recipe.num_key_value_heads,
-            head_dim=recipe.hidden_size // recipe.num_attention_heads,
-        )
+        kwargs = tiny_config_kwargs() | {
+            "hidden_size": recipe.hidden_size, "intermediate_size": recipe.intermediate_size,
+            "num_hidden_layers": recipe.num_hidden_layers, "num_attention_heads": recipe.num_attention_heads,
+            "num_key_value_heads": recipe.num_key_value_heads,
+            "head_dim": recipe.hidden_size // recipe.num_attention_heads,
+        }
         torch.manual_seed(recipe.seed)
         model = MistralForCausalLM(MistralConfig(**kwargs))
         pretrain(model, tokenizer, recipe)
