@@ -45,3 +45,85 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
     }
+
+
+# ---------------------------------------------------------------- the under-trained SFT start (GRPO, self-consistency)
+SYNTH = REPO / "data" / "synth"
+#: Greedy evaluation budget: a synthetic answer is ~70 tokens, so 160 only cuts answers that ramble.
+EVAL_MAX_NEW_TOKENS = 160
+#: SFT on the learnable set, stopped on purpose while test accuracy is still well short of its plateau
+#: (60-80 %), so that what comes after it (GRPO, voting) has room to show an effect.
+UNDERTRAINED_SFT = [
+    "--config", "configs/demo.yaml",
+    "--model.model_name_or_path=tiny-nli",
+    f"--data.train_path={SYNTH / 'train.jsonl'}", f"--data.val_path={SYNTH / 'val.jsonl'}",
+    f"--data.test_path={SYNTH / 'test.jsonl'}",
+    "--trainer.max_steps=40", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
+    "--trainer.accumulate_grad_batches=1", "--data.micro_batch_size=4",
+    "--model.learning_rate=3e-3", "--model.warmup_steps=5", "--model.min_lr_ratio=0.1",
+    "--seed_everything=42", "--trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def undertrained_sft_adapter() -> tuple[Path, float]:
+    """The adapter folder of :data:`UNDERTRAINED_SFT` and the seconds its training took (trained once, cached by
+    the recipe's hash under ``.cache/bench``)."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    import time
+
+    key = hashlib.sha256(json.dumps(UNDERTRAINED_SFT).encode()).hexdigest()[:12]
+    root = REPO / ".cache" / "bench" / f"sft-undertrained-{key}"
+    done = root / "done.json"
+    if done.is_file():
+        return root / "ckpt" / "adapter", json.loads(done.read_text())["seconds"]
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)  # an interrupted earlier attempt: its checkpoints would block a fresh fit
+    cmd = [sys.executable, "-m", "nlicot", "fit", *UNDERTRAINED_SFT, f"--checkpoint.dirpath={root / 'ckpt'}",
+           f"--trainer.logger.init_args.save_dir={root / 'tb'}"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: under-trained SFT run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"seconds": seconds, "recipe": UNDERTRAINED_SFT}))
+    return root / "ckpt" / "adapter", seconds
+
+
+def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, float]:
+    """Greedy accuracy (parse failures count as wrong), parse rate and mean generated tokens of an adapter folder
+    on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""
+    import json
+
+    from nlicot.corpus import load_rows
+    from nlicot.model import NLICoTModule
+    from nlicot.prompt import encode_prompts
+
+    base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
+    module = NLICoTModule(base, compute_dtype="float32", gradient_checkpointing=False, adapter_path=str(adapter),
+                          max_new_tokens=EVAL_MAX_NEW_TOKENS, generation_batch_size=32)
+    module.configure_model()
+    data = load_rows(str(SYNTH / f"{split}.jsonl"), split=split)[:rows]
+    ids = encode_prompts(module.tokenizer, [r["premise"] for r in data], [r["hypothesis"] for r in data])
+    recs = module.predict_records([dict(r, prompt_ids=p) for r, p in zip(data, ids, strict=True)])
+    n = len(recs)
+    return {
+        "rows": n,
+        "accuracy": sum(r["predicted_label"] == r["label"] for r in recs) / n,
+        "parse_rate": sum(r["parse_ok"] for r in recs) / n,
+        "generated_tokens": sum(r["generated_tokens"] for r in recs) / n,
+    }
+
+
+def quiet_logs() -> None:
+    """Benchmarks print their own figures; library progress bars and warnings would bury them."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

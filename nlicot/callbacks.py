@@ -105,10 +105,14 @@ class ThroughputLog(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._last is None:
             self._last = time.perf_counter()
+        if not isinstance(batch, dict):  # GRPO's prompt rows (nlicot/grpo.py): no packed tokens to count
+            return
         self._real += int(batch["num_real_tokens"])
         self._slots += batch["input_ids"].numel()
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if not self._slots:  # nothing packed was trained on (GRPO): no throughput figure to report
+            return
         counts = torch.tensor([float(self._real), float(self._slots)], device=pl_module.device)
         real, slots = trainer.strategy.reduce(counts, reduce_op="sum")
         self._real = self._slots = 0

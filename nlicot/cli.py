@@ -35,6 +35,7 @@ from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
 from nlicot.evaluation import PredictionWriter
+from nlicot.grpo import GRPOSettingsError
 from nlicot.hub import UnknownModelError
 from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
@@ -54,8 +55,9 @@ class UsageError(RuntimeError):
 
 class NLICoTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
-        parser.link_arguments("data.packing", "model.packing")
+        # Subclass mode (model.class_path / data.class_path, e.g. nlicot.grpo.*): links address init_args.
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("data.init_args.packing", "model.init_args.packing")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationEval, "generation_eval")
@@ -96,7 +98,7 @@ class NLICoTCLI(LightningCLI):
             saved = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {})
             keep = {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
             if keep:
-                self.config = self.parser.parse_object({subcommand: {"model": keep}}, self.config)
+                self.config = self.parser.parse_object({subcommand: {"model": {"init_args": keep}}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
@@ -162,6 +164,8 @@ def main(args: list[str] | None = None) -> None:
             NLICoTModule,
             NLICoTDataModule,
             args=args,
+            subclass_mode_model=True,  # configs without class_path get NLICoTModule / NLICoTDataModule
+            subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "log_every_n_steps": 1,
@@ -173,6 +177,6 @@ def main(args: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(EXIT_SIGTERM) from None
     except (CorpusError, CheckpointMismatchError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError,
-            UsageError, TemplateTokenError, UnknownModelError) as e:
+            UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None

@@ -1,8 +1,14 @@
-"""Generation-based evaluation: prompts → greedy CoT → parsed labels → records, NLI metrics, files, TensorBoard.
+"""Generation-based evaluation: prompts → CoT → parsed labels → records, NLI metrics, files, TensorBoard.
 
 Used by ``predict`` (every input row, written to ``predictions.jsonl`` + ``metrics.json`` + figures) and by
 ``validate`` / ``test`` / end-of-validation in ``fit`` when ``model.generation_eval`` asks for it
 (``val/accuracy``, ``val/f1``, ``val/parse_rate``, … and a few sample thoughts as TensorBoard text).
+
+A record is one greedy chain (``model.num_samples: 1``) or a self-consistency vote over k sampled chains: then
+``predicted_label`` is the vote, ``confidence`` the agreement, ``votes`` the counts, ``chains`` every chain
+(thought, label, parse flag, mean log-probability, raw text), ``greedy`` the greedy reference chain when one was
+decoded (``model.greedy_reference``), and the top-level thought / raw text are the representative chain's
+(``representative_chain``, see ``nlicot/voting.py``).
 """
 
 from __future__ import annotations
@@ -16,50 +22,83 @@ import lightning as L
 import torch
 
 from nlicot.atomic import atomic_write
-from nlicot.generation import Generated
+from nlicot.generation import Chains, Generated
 from nlicot.metrics import (
     NLIMetrics,
-    confusion_matrix_figure,
+    all_figures,
     metrics_to_json,
     scalar_metrics,
-    thought_length_figure,
     thought_token_counts,
     write_figures,
     write_metrics_json,
 )
 from nlicot.parsing import extract_prediction
+from nlicot.voting import majority_vote
+
+
+def chain_fields(tokenizer, generated: Sequence[Generated]) -> list[dict[str, Any]]:
+    """What one generated chain gives: parsed label and thought, parse flag, lengths, how it ended, raw text."""
+    parsed = [extract_prediction(g.text) for g in generated]
+    tokens = thought_token_counts(tokenizer, [p.thought for p in parsed])
+    fields = []
+    for g, p, n in zip(generated, parsed, tokens, strict=True):
+        chain = {"predicted_label": p.label, "thought_process": p.thought, "parse_ok": p.label is not None,
+                 "thought_tokens": n, "generated_tokens": g.num_tokens, "finish_reason": g.finish_reason}  # fmt: skip
+        if g.mean_logprob is not None:
+            chain["mean_logprob"] = g.mean_logprob
+        fields.append(chain | {"raw": g.text})
+    return fields
 
 
 def records(
-    tokenizer, rows: Sequence[dict[str, Any]], generated: Sequence[Generated]
+    tokenizer, rows: Sequence[dict[str, Any]], generated: Sequence[Generated] | Sequence[Chains]
 ) -> list[dict[str, Any]]:
     """One output record per row: the input, the parsed prediction and the raw text (for inspection)."""
-    parsed = [extract_prediction(g.text) for g in generated]
-    tokens = thought_token_counts(tokenizer, [p.thought for p in parsed])
-    return [
-        {
-            "id": row["id"],
-            "premise": row.get("premise"),
-            "hypothesis": row.get("hypothesis"),
-            "label": row.get("label"),
-            "predicted_label": p.label,
-            "thought_process": p.thought,
-            "parse_ok": p.label is not None,
-            "thought_tokens": n,
-            "generated_tokens": g.num_tokens,
-            "finish_reason": g.finish_reason,
-            "raw": g.text,
-        }
-        for row, g, p, n in zip(rows, generated, parsed, tokens, strict=True)
-    ]
+    if len(generated) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(generated)} generations")
+    inputs = [{"id": row["id"], "premise": row.get("premise"), "hypothesis": row.get("hypothesis"),
+               "label": row.get("label")} for row in rows]  # fmt: skip
+    if not generated or isinstance(generated[0], Generated):
+        return [head | chain for head, chain in zip(inputs, chain_fields(tokenizer, generated))]
+    out = []
+    for head, chains in zip(inputs, generated):
+        k = len(chains.samples)
+        fields = chain_fields(tokenizer, [*chains.samples, *([chains.greedy] if chains.greedy is not None else [])])
+        out.append(head | vote_record(fields[:k], fields[k] if chains.greedy is not None else None))
+    return out
+
+
+def vote_record(samples: list[dict[str, Any]], greedy: dict[str, Any] | None) -> dict[str, Any]:
+    """A row's vote over its sampled chains (:func:`chain_fields`), shown through its representative chain."""
+    vote = majority_vote([c["predicted_label"] for c in samples], [c.get("mean_logprob") for c in samples])
+    shown = vote.representative if vote.representative is not None else 0  # nothing parsed: show chain 0
+    return {k: v for k, v in samples[shown].items() if k != "mean_logprob"} | {
+        "predicted_label": vote.label,
+        "parse_ok": vote.label is not None,
+        "confidence": vote.confidence,
+        "votes": {"0": vote.counts.get(0, 0), "1": vote.counts.get(1, 0),
+                  "unparsed": sum(not c["parse_ok"] for c in samples)},
+        "tie": vote.tie,
+        "representative_chain": shown,
+        "chains": samples,
+        "greedy": greedy,
+    }  # fmt: skip
 
 
 def update_metrics(metric: NLIMetrics, recs: Sequence[dict[str, Any]]) -> None:
-    """Add the labelled records (rows without a gold label are predictions only)."""
+    """Add the labelled records (rows without a gold label are predictions only); votes add their extras."""
     known = [r for r in recs if r["label"] is not None]
-    if known:
-        metric.update([r["predicted_label"] for r in known], [r["label"] for r in known],
-                      [r["thought_tokens"] for r in known])
+    if not known:
+        return
+    vote: dict[str, Any] = {}
+    if "chains" in known[0]:
+        vote["confidence"] = [r["confidence"] for r in known]
+        vote["chain_accuracy"] = [sum(c["predicted_label"] == r["label"] for c in r["chains"]) / len(r["chains"])
+                                  for r in known]  # fmt: skip
+        if known[0]["greedy"] is not None:
+            vote["greedy"] = [r["greedy"]["predicted_label"] for r in known]
+    metric.update([r["predicted_label"] for r in known], [r["label"] for r in known],
+                  [r["thought_tokens"] for r in known], **vote)
 
 
 def log_metrics(module: L.LightningModule, stage: str, result: dict[str, torch.Tensor],
@@ -69,21 +108,26 @@ def log_metrics(module: L.LightningModule, stage: str, result: dict[str, torch.T
     experiment = getattr(module.logger, "experiment", None)
     if module.trainer.is_global_zero and hasattr(experiment, "add_text"):
         step = module.global_step
-        experiment.add_figure(f"{stage}/confusion_matrix", confusion_matrix_figure(result), step)
-        experiment.add_figure(f"{stage}/accuracy_by_thought_length", thought_length_figure(result), step)
+        for name, figure in all_figures(result).items():
+            experiment.add_figure(f"{stage}/{name}", figure, step)
         text = "\n\n".join(
-            f"**{r['id']}** (gold {r['label']}, predicted {r['predicted_label']})  \n"
+            f"**{r['id']}** (gold {r['label']}, predicted {r['predicted_label']}{_agreement(r)})  \n"
             f"P: {r['premise'] or ''}  \nH: {r['hypothesis'] or ''}  \n`{r['raw']}`"
             for r in samples
         )
         experiment.add_text(f"{stage}/samples", text, step)
 
 
+def _agreement(rec: dict[str, Any]) -> str:
+    return f", agreement {rec['confidence']:.2f}" if "confidence" in rec else ""
+
+
 class PredictionWriter(L.Callback):
     """Collects ``predict`` outputs and writes them in input order, atomically, with metrics where labels exist.
 
     Files in ``output_dir``: ``predictions.jsonl``, and when the inputs carry labels ``metrics.json``,
-    ``confusion_matrix.png`` and ``accuracy_by_thought_length.png``.
+    ``confusion_matrix.png`` and ``accuracy_by_thought_length.png``; with k > 1 chains per row also
+    ``reliability_diagram.png`` and ``accuracy_vs_coverage.png``.
     """
 
     def __init__(self, output_dir: str = "predictions") -> None:
@@ -121,5 +165,11 @@ class PredictionWriter(L.Callback):
             write_figures(result, out)
             scores = scalar_metrics(result)
             summary += (f"; accuracy {scores['accuracy']:.3f}, F1 {scores['f1']:.3f}, "
-                        f"parse rate {scores['parse_rate']:.3f} → {out / 'metrics.json'}")
+                        f"parse rate {scores['parse_rate']:.3f}")
+            if "ece" in scores:
+                greedy = "" if scores["greedy_accuracy"] != scores["greedy_accuracy"] else (
+                    f", greedy accuracy {scores['greedy_accuracy']:.3f}")
+                summary += (f" (vote of {len(recs[0]['chains'])} chains{greedy}, mean chain accuracy "
+                            f"{scores['chain_accuracy']:.3f}, ECE {scores['ece']:.3f})")
+            summary += f" → {out / 'metrics.json'}"
         print(summary)

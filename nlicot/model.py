@@ -20,14 +20,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from torchmetrics import MeanMetric
 
 from nlicot import evaluation
-from nlicot.generation import generate_batched
+from nlicot.generation import generate_batched, sample_chains
 from nlicot.hub import load_tokenizer, resolve_model_path
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
 from nlicot.schedule import WarmupCosine
 
+#: Nucleus mass: 0 < top_p <= 1 (checked by the CLI parser, like the other positive generation settings).
+TopP = restricted_number_type("TopP", float, [(">", 0), ("<=", 1)])
 #: Attention implementations that can keep packed examples apart, and how.
 ISOLATING = {"sdpa": "bool 4-D mask", "eager": "additive 4-D mask", "flash_attention_2": "position_ids (varlen)",
              "flash_attention_3": "position_ids (varlen)"}
@@ -77,6 +80,11 @@ class NLICoTModule(L.LightningModule):
         adapter_path: str | None = None,
         max_new_tokens: int = 320,
         generation_batch_size: int = 32,
+        num_samples: PositiveInt = 1,
+        temperature: PositiveFloat = 0.7,
+        top_p: TopP = 0.95,
+        sample_seed: int = 0,
+        greedy_reference: bool = True,
         packing: bool = True,
     ) -> None:
         """
@@ -101,10 +109,23 @@ class NLICoTModule(L.LightningModule):
             adapter_path: start from a saved PEFT adapter folder (e.g. ``…/checkpoints/adapter``) instead of a
                 fresh LoRA; its own LoRA settings apply.
             max_new_tokens: generation budget per answer (a 3-step thought + JSON fits in ~200).
-            generation_batch_size: prompts generated together (predict, and evaluation by ``generation_eval``).
+            generation_batch_size: sequences decoded together in predict / generation evaluation (with
+                ``num_samples`` k > 1, one prompt takes k sequences, +1 with ``greedy_reference``).
+            num_samples: chains per example. 1 = one greedy chain (``temperature`` / ``top_p`` unused); k > 1 =
+                self-consistency: k sampled chains, majority vote, agreement (share of chains voting for the
+                winner) as the confidence (ties and parse failures: nlicot/voting.py).
+            temperature: sampling temperature when ``num_samples`` > 1.
+            top_p: nucleus sampling mass when ``num_samples`` > 1 (1 = off).
+            sample_seed: seed of the sampled chains; chain j of a row draws from a hash of (seed, row id, j), so
+                results do not depend on batch size, order or the number of devices.
+            greedy_reference: with ``num_samples`` > 1, also decode one greedy chain per row in the same batch
+                (shared prefill) and report its accuracy as ``greedy_accuracy``; it does not vote.
             packing: set by the CLI from ``data.packing``; makes the module refuse non-isolating attention.
         """
         super().__init__()
+        # The CLI hands these over as jsonargparse's checked int/float subclasses; checkpoints must hold plain
+        # numbers (``torch.load(weights_only=True)`` refuses other classes). save_hyperparameters reads the locals.
+        num_samples, temperature, top_p = int(num_samples), float(temperature), float(top_p)
         self.save_hyperparameters()
         self.model = None
         self.tokenizer = None
@@ -291,13 +312,23 @@ class NLICoTModule(L.LightningModule):
         self.log(f"{stage}/token_accuracy", self.val_acc, on_step=False, on_epoch=True)
 
     def predict_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows (``prompt_ids``, ``id``, ``label``, …) → generated answers → one prediction record per row.
+        """Rows (``prompt_ids``, ``id``, ``label``, …) → prediction records, with the model's generation settings.
 
-        Used by :meth:`predict_step`, by the generation-evaluation callback and by GRPO; the generation settings
-        are this module's hyperparameters."""
-        generated = generate_batched(self.model, self.tokenizer, [r["prompt_ids"] for r in rows],
-                                     max_new_tokens=self.hparams.max_new_tokens,
-                                     batch_size=self.hparams.generation_batch_size)
+        One greedy chain per row, or with ``num_samples`` > 1 a vote over sampled chains
+        (see ``nlicot/evaluation.py`` for the record fields). Used by :meth:`predict_step`, by the
+        generation-evaluation callback and by GRPO.
+        """
+        h = self.hparams
+        prompts = [r["prompt_ids"] for r in rows]
+        if h.num_samples == 1:
+            generated = generate_batched(self.model, self.tokenizer, prompts, max_new_tokens=h.max_new_tokens,
+                                         batch_size=h.generation_batch_size)  # fmt: skip
+        else:
+            generated = sample_chains(
+                self.model, self.tokenizer, prompts, [str(r["id"]) for r in rows], num_samples=h.num_samples,
+                temperature=h.temperature, top_p=h.top_p, seed=h.sample_seed, greedy=h.greedy_reference,
+                max_new_tokens=h.max_new_tokens, batch_size=h.generation_batch_size,
+            )  # fmt: skip
         return evaluation.records(self.tokenizer, rows, generated)
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:

@@ -26,7 +26,10 @@ def resolved(*configs: str) -> dict:
     assert done.value.code in (0, None)
     config = dict_to_namespace(yaml.safe_load(out.getvalue()))
     place_run(config)  # the output paths the CLI derives before it builds anything
-    return config.as_dict()
+    cfg = config.as_dict()
+    for group in ("model", "data"):  # subclass mode: the class's arguments sit under init_args
+        cfg[group] = cfg[group]["init_args"] | {"class_path": cfg[group]["class_path"]}
+    return cfg
 
 
 @pytest.mark.parametrize("name", CONFIGS)

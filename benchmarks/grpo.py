@@ -1,0 +1,83 @@
+"""Does GRPO raise greedy test accuracy of a deliberately under-trained SFT adapter, without longer answers?
+
+    python benchmarks/grpo.py [--grpo-steps 30] [--test-rows 420] [--budget-minutes 20] [--json out.json]
+
+1. The shared under-trained SFT adapter (``_common.undertrained_sft_adapter``: the learnable synthetic set on the
+   pretrained offline base, stopped early on purpose; cached, also the self-consistency benchmark's start).
+2. Greedy test accuracy (parse failures count as wrong), parse rate and mean generated tokens of that adapter:
+   the baseline, measured in this run.
+3. ``python -m nlicot fit --config configs/grpo.yaml`` from that adapter for ``--grpo-steps`` optimizer steps,
+   wall time measured (the CPU budget; model loading and validation included).
+4. The same greedy test evaluation of the GRPO adapter.
+
+Targets (issue 12): accuracy +10 points or more within the stated budget, mean completion length not growing.
+The script prints whether each was met; it does not stop early or retry on a miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common
+from _common import REPO, greedy_test_eval, machine, undertrained_sft_adapter
+
+TARGET_POINTS = 10.0
+
+
+def run_grpo(adapter: Path, out: Path, steps: int) -> float:
+    """Wall seconds of the whole GRPO fit process (the budget counts everything a user waits for)."""
+    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
+           f"--model.init_args.adapter_path={adapter}", f"--trainer.max_steps={steps}",
+           f"--checkpoint.dirpath={out / 'ckpt'}", f"--trainer.logger.init_args.save_dir={out / 'tb'}",
+           "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # validation is not the budget
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: GRPO run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--test-rows", type=int, default=420, help="first N rows of data/synth/test.jsonl")
+    parser.add_argument("--budget-minutes", type=float, default=20.0, help="stated CPU budget for the GRPO run")
+    parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    adapter, sft_seconds = undertrained_sft_adapter()
+    before = greedy_test_eval(adapter, args.test_rows)
+    print(f"SFT (under-trained) adapter {adapter}: test accuracy {before['accuracy']:.3f}, "
+          f"parse rate {before['parse_rate']:.3f}, {before['generated_tokens']:.1f} generated tokens/answer")
+    out = args.out / time.strftime("%Y%m%d-%H%M%S")
+    seconds = run_grpo(adapter, out, args.grpo_steps)
+    after = greedy_test_eval(out / "ckpt" / "adapter", args.test_rows)
+    gain = 100 * (after["accuracy"] - before["accuracy"])
+    longer = after["generated_tokens"] - before["generated_tokens"]
+    within = seconds <= 60 * args.budget_minutes
+    result = {
+        "machine": machine(), "sft_seconds": sft_seconds, "grpo_steps": args.grpo_steps, "grpo_seconds": seconds,
+        "budget_minutes": args.budget_minutes, "test_rows": before["rows"], "before": before, "after": after,
+        "gain_points": gain, "length_change_tokens": longer,
+        "met": {"gain": gain >= TARGET_POINTS and within, "length": longer <= 0.0, "budget": within},
+        "run": str(out),
+    }
+    print(f"GRPO {args.grpo_steps} steps in {seconds / 60:.1f} min (budget {args.budget_minutes:g} min: "
+          f"{'met' if within else 'missed'}): test accuracy {after['accuracy']:.3f} "
+          f"({gain:+.1f} points; target >= +{TARGET_POINTS:g}: {'met' if result['met']['gain'] else 'missed'}), "
+          f"parse rate {after['parse_rate']:.3f}, {after['generated_tokens']:.1f} generated tokens/answer "
+          f"({longer:+.1f}; target <= 0: {'met' if result['met']['length'] else 'missed'})")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    _common.quiet_logs()
+    main()

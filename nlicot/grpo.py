@@ -1,0 +1,421 @@
+"""GRPO on the SFT adapter: sample G answers per prompt, reward them, push the adapter toward the better ones.
+
+One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_generations`` G)::
+
+    P prompts ──sample (eval mode, seeded by step)──► P×G completions ──reward──► r (P×G) = correct + format + brevity
+    r ──normalise within each prompt's group──► advantages A = (r − mean_g) / std_g   (0 where a group is uniform)
+    [prompt | completion] ──► log π_θ (train mode, with grad), log π_old (sampling policy, no grad),
+                              log π_ref (same base, adapter disabled, no grad)
+    loss = − Σ_tokens [ min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) − β·k3(π_ref ‖ π_θ) ] / completion tokens of the step,
+    ρ = π_θ / π_old
+
+Why each choice:
+
+* **Reference = the base with the adapter disabled** (peft ``disable_adapter()``): no second 4-bit model in
+  memory. It is the *pre-SFT* base, so the KL measures how far the adapter as a whole has moved; it does not
+  start at 0 from an SFT adapter, and ``kl_coef`` should be small (see docs/grpo.md).
+* **Old log-probs from the sampling policy**: sampling runs in eval mode (no dropout); the policy forward runs
+  in train mode. With ``lora_dropout > 0`` the two differ and ρ ≠ 1 even on the first step, which is what the
+  clip is for; with no active dropout ρ = 1 exactly and the extra forward is skipped.
+* **Token-level mean** (sum over every completion token of the optimizer step / their number) instead of a mean of
+  per-completion means: a per-completion mean weighs each token of a short answer more, a hidden length bias
+  that would fight the explicit brevity term.
+* **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
+  completions an unbroken one would, whatever ran in between (validation, checkpointing).
+
+Everything else is NLICoTModule's: 4-bit base + LoRA loading, warmup-cosine schedule, adapter-only checkpoints
+with RNG states, PEFT adapter folder beside them, generation-based validation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from nlicot.data import NLICoTDataModule, TokenizedSplit
+from nlicot.generation import Generated, left_pad, sample_chains
+from nlicot.model import NLICoTModule, NonFiniteLossError
+from nlicot.parsing import extract_prediction
+
+#: Reward terms in the order they are logged; the total is their weighted sum.
+REWARD_TERMS = ("correct", "format", "brevity")
+_STD_FLOOR = 1e-6
+
+
+class GRPOSettingsError(RuntimeError):
+    """A GRPO setting that cannot work (G < 2, temperature ≤ 0, packed prompts …); the CLI prints one line."""
+
+
+# ------------------------------------------------------------------ rewards and objective (pure functions)
+def answer_format_ok(text: str) -> bool:
+    """The whole completion is one JSON object with a string ``thought_process`` and a 0/1 ``predicted_label``.
+
+    Stricter than :func:`nlicot.parsing.extract_prediction` on purpose: the parser rescues sloppy answers so
+    they can be scored; this term rewards writing the format the task asks for.
+    """
+    try:
+        obj = json.loads(text.strip())
+    except ValueError:
+        return False
+    if not isinstance(obj, dict) or set(obj) != {"thought_process", "predicted_label"}:
+        return False
+    label = obj["predicted_label"]
+    return isinstance(obj["thought_process"], str) and type(label) is int and label in (0, 1)
+
+
+def reward_terms(
+    texts: Sequence[str], num_tokens: Sequence[int], gold: Sequence[int], max_new_tokens: int, brevity_free_tokens: int
+) -> dict[str, torch.Tensor]:
+    """Per completion: ``correct`` (parsed label == gold, 1/0), ``format`` (1/0), ``brevity`` in [−1, 0].
+
+    Brevity is 0 up to ``brevity_free_tokens`` generated tokens and falls linearly to −1 at ``max_new_tokens``:
+    answers of a sensible length are not pushed shorter, long ones are (accuracy falls as thoughts grow).
+    """
+    labels = [extract_prediction(t).label for t in texts]
+    span = max(1, max_new_tokens - brevity_free_tokens)
+    return {
+        "correct": torch.tensor([float(p is not None and p == g) for p, g in zip(labels, gold, strict=True)]),
+        "format": torch.tensor([float(answer_format_ok(t)) for t in texts]),
+        "brevity": torch.tensor([-min(1.0, max(0, n - brevity_free_tokens) / span) for n in num_tokens]),
+    }
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G) rewards → (r − group mean) / group std (population std); 0 for a group whose rewards are all equal.
+
+    The guard matters: dividing a float-noise difference by a float-noise std would turn "no signal" into ±1.
+    """
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    flat = std < _STD_FLOOR
+    return torch.where(flat, torch.zeros_like(rewards), (rewards - mean) / std.clamp(min=_STD_FLOOR))
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate on tokens sampled from π_θ: exp(d) − d − 1, d = log π_ref − log π_θ.
+
+    Unbiased, never negative, and 0 exactly where the two policies agree (Schulman's k3).
+    """
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1.0
+
+
+def grpo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_epsilon: float,
+    kl_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped policy-gradient loss over completion tokens (N×T tensors, ``advantages`` N, ``mask`` N×T bool).
+
+    Returns the loss (token-level mean over ``mask``) and detached figures: mean KL, the fraction of tokens
+    where the clip was active (ρ outside [1−ε, 1+ε] on the side where it stops the update) and mean ratio.
+    """
+    mask = mask.to(logps.dtype)
+    count = mask.sum().clamp(min=1.0)
+    ratio = torch.exp(logps - old_logps)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(logps) if ref_logps is None else k3_kl(logps, ref_logps)
+    if kl_coef:
+        per_token = per_token + kl_coef * kl
+    loss = (per_token * mask).sum() / count
+    active = ((ratio > 1.0 + clip_epsilon) & (adv > 0)) | ((ratio < 1.0 - clip_epsilon) & (adv < 0))
+    stats = {
+        "kl": (kl.detach() * mask).sum() / count,
+        "clip_fraction": (active.to(mask.dtype) * mask).sum() / count,
+        "ratio": (ratio.detach() * mask).sum() / count,
+    }
+    return loss, stats
+
+
+# ------------------------------------------------------------------ data
+class _PromptRows(torch.utils.data.Dataset):
+    """A row index from the parent's sampler → the prompt row GRPO needs (no answer)."""
+
+    def __init__(self, split: TokenizedSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.packs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.split.examples[self.split.packs[index][0]]
+        return {k: row[k] for k in ("id", "premise", "hypothesis", "label", "prompt_ids")}
+
+
+class GRPODataModule(NLICoTDataModule):
+    """NLICoTDataModule whose train batches are lists of prompt rows (``id``, ``label``, ``prompt_ids``, …).
+
+    The order, sharding and mid-epoch resume position come from the parent's sampler unchanged (one row = one
+    example, hence ``packing: false``); validation batches stay the parent's (teacher-forced loss on the SFT
+    targets, and generation-based accuracy when the model asks for it).
+    """
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.hparams.packing:
+            raise GRPOSettingsError("data.packing must be false for GRPO: every train row is one prompt to sample")
+        super().setup(stage)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        sampler = super().train_dataloader().batch_sampler
+        return StatefulDataLoader(_PromptRows(self.splits["train"]), batch_sampler=sampler, collate_fn=list,
+                                  num_workers=self.hparams.num_workers,
+                                  persistent_workers=self.hparams.num_workers > 0)
+
+
+# ------------------------------------------------------------------ module
+class GRPOModule(NLICoTModule):
+    """Group Relative Policy Optimisation of the LoRA adapter, reward = correct label + format + brevity."""
+
+    def __init__(
+        self,
+        *args: Any,
+        num_generations: int = 8,
+        clip_epsilon: float = 0.2,
+        kl_coef: float = 0.01,
+        reward_correct: float = 1.0,
+        reward_format: float = 0.5,
+        reward_brevity: float = 0.5,
+        brevity_free_tokens: int = 96,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            num_generations: G, completions sampled per prompt (≥ 2: advantages compare within the group).
+            clip_epsilon: PPO ratio clip ε (> 0).
+            kl_coef: β of the k3 KL to the base with the adapter disabled (≥ 0; 0 skips the reference forward).
+            reward_correct: weight of "parsed label equals gold" (1/0).
+            reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
+            reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
+            brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
+            *args, **kwargs: NLICoTModule's arguments (base model, LoRA / ``adapter_path``, LR schedule,
+                ``max_new_tokens``, ``generation_batch_size``, and the sampling settings ``temperature``,
+                ``top_p``, ``sample_seed`` that GRPO samples with; the policy's log-probs use the same
+                temperature). ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights
+                are the starting point.
+        """
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        self._last_samples: list[dict[str, Any]] = []
+        self._figures: dict[str, float] = {}
+
+    def setup(self, stage: str) -> None:
+        """Refuse settings that cannot work, before the base model is loaded.
+
+        Here and not in ``__init__``: jsonargparse wraps exceptions raised while it instantiates the class into
+        a union-type traceback, and the CLI's one-line ``error:`` would be lost.
+        """
+        h = self.hparams
+        problems = []
+        if h.num_generations < 2:
+            problems.append(f"model.num_generations={h.num_generations} must be >= 2 (advantages are relative to "
+                            "the group: one completion has nothing to be compared with)")
+        if h.clip_epsilon <= 0:
+            problems.append(f"model.clip_epsilon={h.clip_epsilon} must be > 0")
+        if h.kl_coef < 0:
+            problems.append(f"model.kl_coef={h.kl_coef} must be >= 0")
+        if not 0 <= h.brevity_free_tokens < h.max_new_tokens:
+            problems.append(f"model.brevity_free_tokens={h.brevity_free_tokens} must be in [0, model.max_new_tokens="
+                            f"{h.max_new_tokens})")
+        if stage == "fit" and self._trainer is not None and not isinstance(self.trainer.datamodule, GRPODataModule):
+            problems.append("GRPOModule trains on prompt batches: set data.class_path: nlicot.grpo.GRPODataModule")
+        if problems:
+            raise GRPOSettingsError("; ".join(problems))
+
+    # -------------------------------------------------------------- start adapter
+    def configure_model(self) -> None:
+        """NLICoTModule's loading; an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights."""
+        if self.model is not None:
+            return
+        start = self.hparams.adapter_path
+        if not start or not Path(start).is_file():
+            return super().configure_model()
+        ckpt = torch.load(start, map_location="cpu", weights_only=True)
+        saved = ckpt.get("hyper_parameters", {})
+        if saved.get("model_name_or_path", self.hparams.model_name_or_path) != self.hparams.model_name_or_path:
+            raise GRPOSettingsError(f"model.adapter_path={start} was trained on {saved['model_name_or_path']!r}, "
+                                    f"not model.model_name_or_path={self.hparams.model_name_or_path!r}")
+        for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules"):
+            if key in saved:
+                self.hparams[key] = saved[key]
+        self.hparams.adapter_path = None  # the parent builds a fresh LoRA of that shape; the weights follow
+        try:
+            super().configure_model()
+        finally:
+            self.hparams.adapter_path = start
+        missing = set(self.adapter_state_dict()) - set(ckpt["state_dict"])
+        if missing:
+            raise GRPOSettingsError(f"model.adapter_path={start} lacks {len(missing)} adapter tensors "
+                                    f"(e.g. {sorted(missing)[0]})")
+        self.load_state_dict(ckpt["state_dict"], strict=False)
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, rows: Sequence[dict[str, Any]]) -> list[Generated]:
+        """G completions per row (row-major: row 0's G first) from the current policy, in eval mode.
+
+        Chain j of a row is drawn from a generator seeded by (``sample_seed``, row id @ optimizer step, j)
+        (``nlicot.generation.sample_chains``, prompts prefilled once per group): the draws of a step depend on
+        nothing else — not on the batch, the device count, or whatever used the global RNG before — so a resumed
+        run samples what the unbroken one did, and a prompt seen again in a later epoch gets fresh samples.
+        """
+        h = self.hparams
+        keys = [f"{r['id']}@{self.global_step}" for r in rows]
+        chains = sample_chains(self.model, self.tokenizer, [r["prompt_ids"] for r in rows], keys,
+                               num_samples=h.num_generations, temperature=h.temperature, top_p=h.top_p,
+                               seed=h.sample_seed, max_new_tokens=h.max_new_tokens,
+                               batch_size=max(h.generation_batch_size, h.num_generations))
+        return [g for c in chains for g in c.samples]
+
+    # -------------------------------------------------------------- log-probs
+    def _layout(
+        self, prompts: Sequence[Sequence[int]], completions: Sequence[Generated]
+    ) -> dict[str, torch.Tensor]:
+        """[left-padded prompt | completion, right-padded] for every completion (prompt i repeated G times).
+
+        A completion that ended by EOS keeps the EOS: stopping is one of the policy's choices.
+        """
+        eos = self.tokenizer.eos_token_id
+        g = self.hparams.num_generations
+        answer = [c.token_ids + ([eos] if c.finish_reason == "eos" else []) for c in completions]
+        prompt_ids, prompt_mask = left_pad([prompts[i // g] for i in range(len(completions))], eos)
+        width = max(1, max(len(a) for a in answer))
+        comp = torch.full((len(answer), width), eos, dtype=torch.long)
+        comp_mask = torch.zeros((len(answer), width), dtype=torch.bool)
+        for i, a in enumerate(answer):
+            comp[i, : len(a)] = torch.as_tensor(a, dtype=torch.long)
+            comp_mask[i, : len(a)] = True
+        attention = torch.cat([prompt_mask.bool(), comp_mask], dim=1)
+        positions = (attention.long().cumsum(-1) - 1).clamp(min=0)  # what generate used for left padding
+        return {k: v.to(self.device) for k, v in dict(
+            input_ids=torch.cat([prompt_ids, comp], dim=1), attention_mask=attention.long(), position_ids=positions,
+            completion_ids=comp, completion_mask=comp_mask, prompt_width=torch.tensor(prompt_ids.shape[1]),
+        ).items()}
+
+    def completion_logps(self, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log π(completion token | prefix) at the sampling temperature, N×T (0 where masked).
+
+        The LM head runs on completion positions only, as in SFT: prompts never get vocabulary-wide logits.
+        """
+        base = self.model.get_base_model()
+        hidden = base.get_decoder()(input_ids=layout["input_ids"], attention_mask=layout["attention_mask"],
+                                    position_ids=layout["position_ids"]).last_hidden_state
+        w = int(layout["prompt_width"])
+        mask = layout["completion_mask"]
+        before = hidden[:, w - 1 : w - 1 + mask.shape[1]]  # position t-1 predicts completion token t
+        logits = base.get_output_embeddings()(before[mask]).float() / self.hparams.temperature
+        chosen = layout["completion_ids"][mask]
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+        out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+        return out.masked_scatter(mask, picked)
+
+    def _eval_logps(self, layout: dict[str, torch.Tensor], adapter: bool) -> torch.Tensor:
+        """No-grad log-probs in eval mode: the sampling policy (``adapter``) or the reference (adapter off)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                if adapter:
+                    return self.completion_logps(layout)
+                with self.model.disable_adapter():
+                    return self.completion_logps(layout)
+        finally:
+            self.model.train(was_training)
+
+    def _has_active_dropout(self) -> bool:
+        return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
+
+    # -------------------------------------------------------------- step
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        g = h.num_generations
+        prompts = [r["prompt_ids"] for r in batch]
+        completions = self.sample(batch)
+        gold = [r["label"] for r in batch for _ in range(g)]
+        terms = reward_terms([c.text for c in completions], [c.num_tokens for c in completions], gold,
+                             h.max_new_tokens, h.brevity_free_tokens)
+        reward = h.reward_correct * terms["correct"] + h.reward_format * terms["format"] + h.reward_brevity * terms["brevity"]
+        advantages = group_advantages(reward.view(len(batch), g)).view(-1).to(self.device)
+
+        layout = self._layout(prompts, completions)
+        logps = self.completion_logps(layout)
+        old = self._eval_logps(layout, adapter=True) if self._has_active_dropout() else logps.detach()
+        ref = self._eval_logps(layout, adapter=False) if h.kl_coef > 0 else None
+        loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], h.clip_epsilon, h.kl_coef)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "
+                                     f"(batch {batch_idx}); the last checkpoint is usable: lower model.learning_rate")
+        self._record(batch, completions, terms, reward, stats)
+        # NLICoTModule's optimizer_step divides the summed objective by the step's completion tokens on all
+        # micro-batches and ranks: a token-level mean over the whole optimizer step.
+        count = layout["completion_mask"].sum().to(loss.dtype)
+        summed = loss * count.clamp(min=1.0)
+        counts = torch.stack([summed.detach(), count])
+        self._window = counts if self._window is None else self._window + counts
+        return summed
+
+    def _record(self, batch, completions, terms, reward, stats) -> None:
+        """Sum this micro-batch's figures into the optimizer step's GRPO figures (logged once per step)."""
+        w = self._figures
+        n = float(len(completions))
+        groups = reward.view(len(batch), -1)
+        add = {"reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
+               "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": n, "micro": 1.0,
+               "groups": float(len(batch)), "flat_groups": (groups.std(dim=1, unbiased=False) < _STD_FLOOR).sum().item(),
+               **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
+               **{k: v.item() for k, v in stats.items()}}
+        for key, value in add.items():
+            w[key] = w.get(key, 0.0) + value
+        g = self.hparams.num_generations
+        self._last_samples = [
+            {"id": batch[0]["id"], "gold": batch[0]["label"], "text": c.text, "reward": reward[i].item(),
+             **{k: terms[k][i].item() for k in REWARD_TERMS}}
+            for i, c in enumerate(completions[:g])
+        ]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer step: NLICoTModule's loss, LR and grad norm, then rewards (mean, std, each term),
+        KL, clip fraction, completion length, group accuracy and a sample group.
+
+        ``grpo/flat_groups`` is the share of groups whose G rewards were all equal: they carry no gradient.
+        """
+        super().on_before_optimizer_step(optimizer)
+        w, self._figures = self._figures, {}
+        if not w:
+            return
+        n, micro = max(w["n"], 1.0), max(w["micro"], 1.0)
+        mean = w["reward"] / n
+        figures = {
+            "grpo/reward": mean,
+            "grpo/reward_std": max(w["reward_sq"] / n - mean**2, 0.0) ** 0.5,
+            **{f"grpo/reward_{k}": w[f"reward_{k}"] / n for k in REWARD_TERMS},
+            "grpo/group_accuracy": w["reward_correct"] / n,
+            "grpo/kl": w["kl"] / micro,
+            "grpo/clip_fraction": w["clip_fraction"] / micro,
+            "grpo/ratio": w["ratio"] / micro,
+            "grpo/completion_tokens": w["completion_tokens"] / n,
+            "grpo/flat_groups": w["flat_groups"] / max(w["groups"], 1.0),
+        }
+        self.log_dict(figures, on_step=True, on_epoch=False)
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_text") and self._last_samples:
+            experiment.add_text("grpo/samples", samples_markdown(self._last_samples), self.global_step)
+
+
+def samples_markdown(samples: Sequence[dict[str, Any]]) -> str:
+    """One prompt's group as a Markdown table: reward, its terms, and the completion text."""
+    head = f"**{samples[0]['id']}** (gold {samples[0]['gold']})\n\n| reward | correct | format | brevity | completion |"
+    cell = [s["text"].replace("|", "/").replace("`", "'").replace("\n", " ") for s in samples]
+    rows = [f"| {s['reward']:.3f} | {s['correct']:.0f} | {s['format']:.0f} | {s['brevity']:.3f} | `{c}` |"
+            for s, c in zip(samples, cell, strict=True)]
+    return "\n".join([head, "|---|---|---|---|---|", *rows])

@@ -1,0 +1,327 @@
+"""GRPO: advantages, reward terms on completions written the way models write them, the clipped loss on a hand-computed
+case, KL = 0 against the adapter-disabled base when the LoRA is zero, log-probs that match a plain forward, seeded
+sampling, start from an SFT adapter folder or .ckpt, one-line errors, and (slow) exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
+from nlicot.data import NLICoTDataModule
+from nlicot.generation import Generated
+from nlicot.grpo import (
+    GRPOModule,
+    GRPOSettingsError,
+    answer_format_ok,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    reward_terms,
+)
+from nlicot.model import NLICoTModule
+from nlicot.prompt import encode_prompts
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(model_name_or_path="tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4,
+             lora_alpha=8, num_generations=2, max_new_tokens=16, brevity_free_tokens=4)
+
+
+# ---------------------------------------------------------------- pure functions
+def test_advantages_are_normalised_within_each_group_and_zero_for_flat_groups() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.0, 0.0],
+                            [0.3, 0.3 + 1e-9, 0.3, 0.3]])  # fmt: skip
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    assert torch.equal(adv[1], torch.zeros(4))
+    sd = math.sqrt(0.1875)  # population std of (1, 0, 0, 0)
+    assert torch.allclose(adv[2], torch.tensor([0.75 / sd, -0.25 / sd, -0.25 / sd, -0.25 / sd]))
+    assert torch.equal(adv[3], torch.zeros(4))  # float noise is not a signal: no ±1 advantages out of it
+    assert torch.allclose(adv[:3].mean(dim=1), torch.zeros(3), atol=1e-6)  # the group mean is the baseline
+
+
+COMPLETIONS = [
+    # (text as a model writes it, gold, expected correct, expected format)
+    ('{"thought_process": "step 1: The premise says Anna has a red car. step 2: The hypothesis says Anna has a '
+     'car. step 3: entailment.", "predicted_label": 1}', 1, 1.0, 1.0),
+    ('{"thought_process": "step 1: Ben has two cats. step 2: at least five? step 3: no.", "predicted_label": 1}',
+     0, 0.0, 1.0),  # well-formed but wrong
+    ('Sure! Here is my answer:\n{"thought_process": "step 1: x step 2: y step 3: z", "predicted_label": 0}\nHope '
+     'this helps.', 0, 1.0, 0.0),  # right label inside prose: scored, but not the format asked for
+    ('{"thought_process": "step 1: a step 2: b step 3: c", "predicted_label": "entailment"}', 1, 1.0, 0.0),
+    ('{"Thought Process": "step 1: a step 2: b step 3: c", "Predicted Label": 0}', 0, 1.0, 0.0),  # alias keys
+    ('{"thought_process": "step 1: a step 2: b step 3: c", "predicted_label": true}', 1, 1.0, 0.0),  # bool
+    ('{"thought_process": "step 1: a step 2: b", "predicted_label": 1, "confidence": 0.9}', 1, 1.0, 0.0),
+    ('{"thought_process": "step 1: The premise says Leo drew a horse. step 2: The hyp', 1, 0.0, 0.0),  # cut off
+    ("{'thought_process': 'step 1: a step 2: b step 3: c', 'predicted_label': 0,}", 0, 1.0, 0.0),  # py-ish
+    ("I think the answer is entailment.", 1, 0.0, 0.0),  # no label key: never guessed
+    ('{"thought_process": "step 1: a step 2: b step 3: c", "predicted_label": 2}', 1, 0.0, 0.0),
+]
+
+
+def test_reward_terms_on_realistic_completions() -> None:
+    texts = [c[0] for c in COMPLETIONS]
+    terms = reward_terms(texts, [10] * len(texts), [c[1] for c in COMPLETIONS], max_new_tokens=160,
+                         brevity_free_tokens=96)
+    assert terms["correct"].tolist() == [c[2] for c in COMPLETIONS]
+    assert terms["format"].tolist() == [c[3] for c in COMPLETIONS]
+    assert terms["brevity"].tolist() == [0.0] * len(texts)
+    assert answer_format_ok("  " + texts[0] + "\n")  # surrounding whitespace is not a format error
+
+
+def test_brevity_is_free_up_to_the_budget_then_falls_to_minus_one() -> None:
+    text = COMPLETIONS[0][0]
+    lengths = [0, 96, 112, 128, 160, 400]
+    got = reward_terms([text] * 6, lengths, [1] * 6, max_new_tokens=160, brevity_free_tokens=96)["brevity"]
+    assert got.tolist() == [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+
+
+def test_clipped_loss_kl_and_clip_fraction_on_a_hand_computed_case() -> None:
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -2.5], [-0.2, 0.0]])  # ratios 1, e^0.5 = 1.649, e^-0.3 = 0.741 (last token masked)
+    ref = torch.tensor([[-1.0, -1.0], [-0.5, 0.0]])  # d = ref - logp = 0, 1, 0
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, stats = grpo_loss(logps, old, ref, adv, mask, clip_epsilon=0.2, kl_coef=0.1)
+    # surrogates: min(1·1, 1·1) = 1; min(1.649, 1.2) = 1.2 (clipped); min(-0.741, -0.8) = -0.8 (clipped)
+    kl_token = math.e - 1 - 1
+    assert loss.item() == pytest.approx((-1.0 - 1.2 + 0.8 + 0.1 * kl_token) / 3, abs=1e-6)
+    assert stats["kl"].item() == pytest.approx(kl_token / 3, abs=1e-6)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 3)
+    loss.backward()
+    # Clipped tokens get no policy gradient; the KL pulls the second token back toward the reference.
+    expected = torch.tensor([[-1 / 3, 0.1 * (1 - math.e) / 3], [0.0, 0.0]])
+    assert torch.allclose(logps.grad, expected, atol=1e-6)
+
+
+def test_ratio_one_gives_the_plain_policy_gradient_and_k3_is_zero_only_at_agreement() -> None:
+    logps = torch.tensor([[-0.7, -1.3, -2.0]], requires_grad=True)
+    loss, stats = grpo_loss(logps, logps.detach(), None, torch.tensor([0.5]), torch.ones(1, 3, dtype=torch.bool),
+                            clip_epsilon=0.2, kl_coef=0.0)
+    loss.backward()
+    assert torch.allclose(logps.grad, torch.full((1, 3), -0.5 / 3))
+    assert stats["clip_fraction"].item() == 0.0 and stats["ratio"].item() == 1.0
+    a = torch.tensor([-1.0, -2.0, -0.1])
+    assert torch.equal(k3_kl(a, a), torch.zeros(3))
+    assert (k3_kl(a, a + torch.tensor([0.5, -0.5, 1.0])) > 0).all()
+
+
+# ---------------------------------------------------------------- the module on the tiny model
+@pytest.fixture(scope="module")
+def grpo(tiny_path) -> GRPOModule:
+    module = GRPOModule(**SMALL, lora_dropout=0.0)
+    module.configure_model()
+    return module
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer) -> list[list[int]]:
+    return encode_prompts(tokenizer, ["Anna has a red car.", "Two kids run in a park while their parents watch."],
+                          ["Anna has a car.", "Nobody is outside."])
+
+
+def made_completions(tokenizer) -> list[Generated]:
+    texts = ['{"thought_process": "step 1: a', '{"thought', 'I think', 'No: {"predicted_label": 0}']
+    reasons = ["length", "eos", "json", "eos"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [Generated(t, i, r) for t, i, r in zip(texts, ids, reasons, strict=True)]
+
+
+def full_forward_logps(module: GRPOModule, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """Independent route: one unpadded sequence through the whole model, logits for every position."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = module.model(input_ids=ids).logits[0, len(prompt) - 1 : -1] / module.hparams.temperature
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def test_completion_logps_equal_a_plain_forward_despite_left_padding(grpo, prompts, tokenizer) -> None:
+    completions = made_completions(tokenizer)
+    layout = grpo._layout(prompts, completions)
+    with torch.no_grad():
+        got = grpo.completion_logps(layout)
+    eos = tokenizer.eos_token_id
+    for i, c in enumerate(completions):
+        tokens = c.token_ids + ([eos] if c.finish_reason == "eos" else [])
+        assert layout["completion_mask"][i].sum() == len(tokens)
+        want = full_forward_logps(grpo, prompts[i // 2], tokens)
+        assert torch.allclose(got[i, : len(tokens)], want, atol=1e-4), i
+        assert (got[i, len(tokens) :] == 0).all()
+
+
+def test_kl_to_the_adapter_disabled_base_is_zero_for_a_zero_lora_and_positive_after_a_change(
+    tiny_path, prompts, tokenizer
+) -> None:
+    module = GRPOModule(**SMALL, lora_dropout=0.0)
+    module.configure_model()
+    layout = module._layout(prompts, made_completions(tokenizer))
+    mask = layout["completion_mask"]
+    policy = module._eval_logps(layout, adapter=True)
+    ref = module._eval_logps(layout, adapter=False)
+    assert k3_kl(policy, ref)[mask].abs().max().item() < 1e-7  # fresh LoRA: B = 0, the policy is the base
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    moved = module._eval_logps(layout, adapter=True)
+    assert torch.equal(module._eval_logps(layout, adapter=False), ref)  # the reference did not move with it
+    assert k3_kl(moved, ref)[mask].mean().item() > 1e-3
+    assert module.model.training  # eval-mode passes restore the mode they found
+
+
+def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
+    rows = [{"id": f"row{i}", "prompt_ids": p} for i, p in enumerate(prompts)]
+    first = grpo.sample(rows)
+    torch.manual_seed(999)
+    torch.rand(100)
+    state = torch.get_rng_state()
+    again = grpo.sample(rows)
+    alone = grpo.sample(rows[1:])
+    assert torch.equal(torch.get_rng_state(), state)  # the training streams are not disturbed
+    grpo.hparams.sample_seed = 8
+    try:
+        other = grpo.sample(rows)
+    finally:
+        grpo.hparams.sample_seed = 0
+    assert len(first) == 2 * len(prompts)
+    assert [c.token_ids for c in first] == [c.token_ids for c in again]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in first[2:]]  # not the batch, the row decides
+    assert [c.token_ids for c in first] != [c.token_ids for c in other]
+    assert first[0].token_ids != first[1].token_ids  # the G chains of a row differ
+    assert all(1 <= c.num_tokens <= 16 for c in first)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"num_generations": 1}, "model.num_generations=1 must be >= 2"),
+     ({"clip_epsilon": 0.0}, "model.clip_epsilon=0.0 must be > 0"),
+     ({"kl_coef": -0.1}, "model.kl_coef=-0.1 must be >= 0"),
+     ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)")],
+)
+def test_bad_settings_are_refused_before_the_model_loads(override, message) -> None:
+    module = GRPOModule(**(SMALL | override))
+    with pytest.raises(GRPOSettingsError) as err:
+        module.setup("fit")
+    assert message in str(err.value)
+    assert module.model is None
+
+
+def test_cli_prints_one_error_line_for_g_below_two(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
+           "--model.num_generations=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+           f"--trainer.logger.init_args.save_dir={tmp_path / 'tb'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1 and "model.num_generations=1 must be >= 2" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "ckpt").exists()
+
+
+# ---------------------------------------------------------------- start from SFT
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_path) -> Path:
+    """Two real SFT steps (LoRA r=4 on q/v, high LR so the adapter is far from zero): .ckpt + adapter folder."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    root = tmp_path_factory.mktemp("sft")
+    L.seed_everything(0)
+    dm = NLICoTDataModule(train_path=str(REPO / "data/demo/train.jsonl"), micro_batch_size=4)
+    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4, lora_alpha=8,
+                         target_modules=["q_proj", "v_proj"], learning_rate=5e-2, warmup_steps=0, optimizer="adamw")
+    ckpt = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_steps=2,
+                        enable_model_summary=False, use_distributed_sampler=False, callbacks=[ckpt, AdapterExport()],
+                        plugins=[AtomicCheckpointIO()], default_root_dir=root)
+    trainer.fit(model, dm)
+    return root
+
+
+def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
+    saved = torch.load(sft_run / "last.ckpt", weights_only=True)["state_dict"]
+    loaded = {}
+    for start in (sft_run / "last.ckpt", sft_run / "adapter"):
+        module = GRPOModule(**(SMALL | {"lora_r": 32, "adapter_path": str(start)}))  # the adapter's own r wins
+        module.configure_model()
+        state = module.adapter_state_dict()
+        assert state.keys() == saved.keys()
+        assert all(torch.equal(state[k], saved[k]) for k in saved), start
+        assert module.model.peft_config["default"].r == 4
+        loaded[start.name] = module
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)  # SFT moved it off zero
+
+
+# ---------------------------------------------------------------- slow: a real run, killed and resumed
+FAST = ["--model.max_new_tokens=24", "--model.brevity_free_tokens=8", "--model.num_generations=4",
+        "--data.micro_batch_size=2", "--trainer.limit_val_batches=0",
+        "--checkpoint.every_n_train_steps=2", "--model.learning_rate=1e-2", "--model.warmup_steps=2",
+        "--model.kl_coef=0.05", "--trainer.enable_progress_bar=false"]
+
+
+def grpo_cmd(root: Path, adapter: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"), *FAST,
+            f"--model.adapter_path={adapter}", f"--checkpoint.dirpath={root / 'ckpt'}",
+            f"--trainer.logger.init_args.save_dir={root / 'tb'}", "--trainer.logger.init_args.name=run", *extra]
+
+
+def scalars(root: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    versions = sorted((root / "tb" / "run").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    acc = EventAccumulator(str(versions[-1]))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_run, tiny_path) -> None:
+    steps = 8
+    adapter = sft_run / "adapter"
+    proc = subprocess.run(grpo_cmd(tmp_path / "unbroken", adapter, f"--trainer.max_steps={steps}"),
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = scalars(tmp_path / "unbroken")
+    for tag in ("train/loss", "train/lr", "grpo/reward", "grpo/reward_std", "grpo/reward_correct",
+                "grpo/reward_format", "grpo/reward_brevity", "grpo/kl", "grpo/clip_fraction",
+                "grpo/completion_tokens", "grpo/group_accuracy"):
+        assert sorted(ref[tag]) == list(range(steps)), tag
+    assert ref["grpo/kl"][0] > 0  # the SFT adapter is not the base
+    assert max(ref["train/grad_norm"].values()) > 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(grpo_cmd(killed, adapter, f"--trainer.max_steps={steps}"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        from test_training import wait_for_checkpoint
+
+        wait_for_checkpoint(killed / "ckpt", 4, proc, timeout=900)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    ckpt = torch.load(killed / "ckpt" / "last.ckpt", weights_only=False)
+    resumed_from = ckpt["global_step"]
+    assert 2 <= resumed_from < steps
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])  # adapter only
+    proc = subprocess.run(grpo_cmd(killed, adapter, f"--trainer.max_steps={steps}", "--ckpt_path=last"),
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = scalars(killed)
+    assert sorted(again["train/lr"]) == list(range(resumed_from, steps))
+    for tag in ("train/lr", "train/loss", "grpo/reward", "grpo/completion_tokens", "grpo/kl", "train/grad_norm"):
+        worst = max(abs(again[tag][s] - ref[tag][s]) for s in range(resumed_from, steps))
+        print(f"\nresumed at step {resumed_from}: max |d {tag}| = {worst:.3g}")
+        assert worst <= 1e-6, (tag, worst)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_path), str(killed / "ckpt" / "adapter"))
+    assert sum("lora_" in k for k in model.state_dict()) == len(ckpt["state_dict"])
