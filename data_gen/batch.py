@@ -7,7 +7,8 @@ score rewrite) or whose request failed go into the next round.
 Crash safety: ``<stem>.batch.json`` (written atomically) holds the replies each active row has had so far and the
 jobs of the current round. It is saved *before* a job is created, with a random tag that is also put in the
 job's metadata, so a rerun after a crash at any point finds and resumes the same job instead of paying for a
-second one. Rows are rebuilt by replaying their saved replies; ledger lines carry ``job:custom_id`` keys, so a
+second one. Rows are rebuilt by replaying their saved replies (those of ``batch.json``, else the ones a killed
+request-by-request run journalled); ledger lines carry ``job:custom_id`` keys, so a
 re-merged output is never charged twice, and done rows are never written twice.
 """
 
@@ -27,8 +28,15 @@ from data_gen.client import TERMINAL_JOB_STATES, MistralClient, text_of
 from data_gen.config import ApiStageConfig
 from data_gen.errors import BudgetExhausted, InputError, RowFailed
 from data_gen.progress import RowProgress
-from data_gen.store import Record, RowStore, atomic_write_json, done_record, failed_record, sidecar
-from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow
+from data_gen.store import (
+    Record,
+    RowStore,
+    atomic_write_json,
+    done_record,
+    failed_record,
+    sidecar,
+)
+from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +97,7 @@ class _BatchRun:
 
     # --- state ---
 
-    def load(self, todo: list[Record]) -> None:
+    def load(self, todo: list[Record], journalled: dict[str, list[Reply]]) -> None:
         """Rows from a crashed run first (rebuilt by replay), then the new pending rows."""
         state: dict[str, Any] = {}
         if self.path.exists():
@@ -107,14 +115,12 @@ class _BatchRun:
         order += [r["id"] for r in todo if r["id"] not in saved]
         for rid in order:
             item = _Row(by_id[rid], self.stage.workflow(by_id[rid]), errors=saved.get(rid, {}).get("errors", 0))
+            if rid in saved:
+                item.replies = [Reply.from_json(fields) for fields in saved[rid].get("replies", [])]
+            else:
+                item.replies = list(journalled.get(rid, ()))
             self.active[rid] = item
-            if not self._advance(item, lambda: next(item.workflow)):
-                continue
-            for fields in saved.get(rid, {}).get("replies", []):
-                reply = Reply.from_json(fields)
-                item.replies.append(reply)
-                if not self._advance(item, lambda: item.workflow.send(reply)):
-                    break
+            self._advance(item, lambda: replay(item.workflow, item.replies))
 
     def save(self) -> None:
         rows = {rid: {"replies": [r.to_json() for r in item.replies], "errors": item.errors} for rid, item in self.active.items()}
@@ -233,8 +239,8 @@ class _BatchRun:
             item.replies.append(reply)
             self._advance(item, lambda: item.workflow.send(reply))
 
-    async def run(self, todo: list[Record]) -> str | None:
-        self.load(todo)
+    async def run(self, todo: list[Record], journalled: dict[str, list[Reply]]) -> str | None:
+        self.load(todo, journalled)
         with RowProgress(self.stage.name, len(self.active), self.ledger, quiet=self.cfg.quiet) as self.progress:
             if self.jobs:
                 await self.reattach()
@@ -253,5 +259,7 @@ class _BatchRun:
         return self.stop
 
 
-async def run_batch(stage: ApiStage, todo: list[Record], cfg: ApiStageConfig, client: MistralClient, store: RowStore) -> str | None:
-    return await _BatchRun(stage, cfg, client, store).run(todo)
+async def run_batch(stage: ApiStage, todo: list[Record], cfg: ApiStageConfig, client: MistralClient, store: RowStore,
+                    journalled: dict[str, list[Reply]]) -> str | None:
+    """Run ``todo`` through the Batch API; ``journalled`` are replies a killed request-by-request run saved."""
+    return await _BatchRun(stage, cfg, client, store).run(todo, journalled)

@@ -2,8 +2,13 @@
 
 Adds what the SDK leaves to the caller: a cap on requests in flight, a requests-per-second limit, retries with
 exponential backoff and jitter on 429 / 5xx / timeouts / dropped connections (honouring ``Retry-After``, which
-also pauses every other request), a per-request timeout, the budget check before each chat request and the
-cost record after it. The SDK's own retries stay off, so every attempt passes through here.
+also pauses every other request to that model, including those already holding a slot), a per-request timeout,
+the budget check before each chat request and the cost record after it. The SDK's own retries stay off, so every
+attempt passes through here.
+
+Transient is not failed: a request whose retries run out on transient errors, or ``outage_s`` seconds in which
+no attempt reached the server (connection refused, DNS, TLS, timeouts), raise :class:`ServerUnreachable`, which
+stops the stage with its rows still pending; only errors that retrying cannot fix (4xx) fail a request.
 
 The API key is handed to the SDK and nowhere else; the SDK's debug logger (which prints request headers when
 ``MISTRAL_DEBUG`` is set) is replaced by a silent one, and error texts are scrubbed before they are stored.
@@ -15,17 +20,20 @@ import asyncio
 import email.utils
 import logging
 import random
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 from mistralai.client import Mistral, errors, models
 from mistralai.client.utils.logger import NoOpLogger
 
 from data_gen.config import ApiStageConfig
-from data_gen.errors import FatalAPIError, RequestFailed
+from data_gen.errors import ConfigError, FatalAPIError, RequestFailed, ServerUnreachable
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest, Reply
 
@@ -37,28 +45,50 @@ _MESSAGE_TYPES = {"system": models.SystemMessage, "user": models.UserMessage, "a
 # Typed messages, not dicts: the SDK re-validates dicts through a throw-away pydantic model per call, which
 # costs ~2 ms of CPU per request, a third of its overhead (measured; it caps the rows/s of a concurrent run).
 _JSON_MODE = models.ResponseFormat(type="json_object")
+DEFAULT_SERVER_URL = "https://api.mistral.ai"
+
+
+def check_server_url(url: str | None) -> None:
+    """Refuse a URL the SDK cannot send to (``not-a-url``, no scheme, no host) before any work is done."""
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-numeric port
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"server_url: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000)")
 
 
 class RateLimiter:
-    """Spaces request starts ``1/rps`` apart; ``pause`` holds every start back (a 429's ``Retry-After``)."""
+    """Spaces request starts ``1/rps`` apart; ``pause`` holds back every start to one model (a 429's ``Retry-After``).
+
+    A pause also catches requests that claimed their slot earlier and are still waiting for it: each one looks
+    at the pause again when its wait ends, so nothing is sent to a paused model.
+    """
 
     def __init__(self, rps: float | None, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = 1.0 / rps if rps else 0.0
         self._sleep, self._clock = sleep, clock
         self._next = 0.0
-        self._paused_until = 0.0
+        self._paused_until: dict[str | None, float] = {}
 
-    async def wait(self) -> None:
-        now = self._clock()
-        # Claiming the slot happens before the first await, so concurrent callers get distinct slots.
-        slot = max(now, self._next, self._paused_until)
-        self._next = slot + self._interval
-        if slot > now:
+    async def wait(self, key: str | None = None) -> None:
+        while True:
+            now = self._clock()
+            # Claiming the slot happens before the first await, so concurrent callers get distinct slots.
+            slot = max(now, self._next, self._paused_until.get(key, 0.0))
+            self._next = slot + self._interval
+            if slot <= now:
+                return
             await self._sleep(slot - now)
+            if self._paused_until.get(key, 0.0) <= slot:  # no new pause began while this one slept
+                return
 
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+    def pause(self, seconds: float, key: str | None = None) -> None:
+        self._paused_until[key] = max(self._paused_until.get(key, 0.0), self._clock() + seconds)
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -86,12 +116,33 @@ def text_of(content: Any) -> str:
     return "".join((c.get("text") if isinstance(c, dict) else getattr(c, "text", None)) or "" for c in content)
 
 
-class _Transient(Exception):
-    """An attempt that may succeed if repeated (429, 5xx, timeout, dropped connection)."""
+def transport_reason(exc: BaseException) -> str:
+    """Why a request never got an answer, in a few words: the OS error under the HTTP library's wrappers."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"DNS lookup failed: {cause.strerror or cause}"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error: {getattr(cause, 'reason', None) or cause}"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+        cause = cause.__cause__ or cause.__context__
+    return f"connection error ({type(exc).__name__}: {exc})" if str(exc) else f"connection error ({type(exc).__name__})"
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+
+class _Transient(Exception):
+    """An attempt that may succeed if repeated (429, 5xx, timeout, dropped connection).
+
+    ``reached``: the server answered (429/5xx), so it is up; otherwise the attempt counts towards an outage.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None, reached: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
+        self.reason, self.retry_after, self.reached = reason, retry_after, reached
 
 
 class MistralClient:
@@ -110,9 +161,11 @@ class MistralClient:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         api_key_env: str = "MISTRAL_API_KEY",
+        outage_s: float = 5.0,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        check_server_url(server_url)
         self._api_key, self._server_url, self._api_key_env = api_key, server_url, api_key_env
         self.ledger = ledger
         self._slots = asyncio.Semaphore(concurrency)
@@ -126,6 +179,10 @@ class MistralClient:
         self._rng = rng or random.Random()
         self._http: httpx2.AsyncClient | None = None
         self._sdk: Mistral | None = None
+        self._outage_s = outage_s
+        self._failing_since: float | None = None  # first attempt since the last answer that did not reach the server
+        self._down: ServerUnreachable | None = None
+        self._down_event = asyncio.Event()
 
     @classmethod
     def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> "MistralClient":
@@ -140,6 +197,7 @@ class MistralClient:
             backoff_base_s=cfg.backoff_base_s,
             backoff_max_s=cfg.backoff_max_s,
             api_key_env=cfg.api_key_env,
+            outage_s=cfg.outage_s,
         )
 
     async def __aenter__(self) -> "MistralClient":
@@ -183,12 +241,12 @@ class MistralClient:
                     "and that it may use this model"
                 ) from None
             if status in (408, 429) or status >= 500:
-                return _Transient(f"HTTP {status}", retry_after_seconds(exc.headers))
+                return _Transient(f"HTTP {status}", retry_after_seconds(exc.headers), reached=True)
             raise RequestFailed(f"HTTP {status}: {self.scrub(exc.body or '')}") from None
         if isinstance(exc, httpx2.TimeoutException):
             return _Transient(f"timed out after {self._timeout_s:g}s")
         if isinstance(exc, (httpx2.TransportError, errors.NoResponseError)):
-            return _Transient(f"connection error ({type(exc).__name__})")
+            return _Transient(self.scrub(transport_reason(exc)))
         if isinstance(exc, errors.ResponseValidationError):
             raise RequestFailed(f"malformed response from the server: {self.scrub(str(exc))}") from None
         raise exc
@@ -201,34 +259,92 @@ class MistralClient:
         step = min(cap, base * 2**attempt)
         return step / 2 + self._rng.uniform(0, step / 2)
 
+    @property
+    def url(self) -> str:
+        return self._server_url or DEFAULT_SERVER_URL
+
+    def _check_up(self) -> None:
+        if self._down is not None:
+            raise self._down
+
+    def _went_down(self, message: str) -> ServerUnreachable:
+        """The first outage found stops every request: each raises it at its next step."""
+        if self._down is None:
+            self._down = ServerUnreachable(message)
+            self._down_event.set()  # wakes every request sleeping before a retry
+        return self._down
+
+    def _note(self, transient: _Transient | None) -> None:
+        """Track whether the server is reachable; raise once nothing has reached it for ``outage_s``."""
+        if transient is None or transient.reached:
+            self._failing_since = None
+            return
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self._outage_s:
+            raise self._went_down(
+                f"cannot reach {self.url} ({transient.reason}; nothing got through for {now - self._failing_since:.1f}s)"
+            )
+
+    async def _wait_before_retry(self, delay: float) -> None:
+        """Sleep before a retry, cut short when another request finds the server down."""
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        down = asyncio.ensure_future(self._down_event.wait())
+        try:
+            await asyncio.wait({sleeper, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            down.cancel()
+        self._check_up()
+
     async def _retrying(
-        self, what: str, call: Callable[[], Awaitable[T]], before_retry: Callable[[], Awaitable[T | None]] | None = None
+        self, what: str, call: Callable[[], Awaitable[T]], before_retry: Callable[[], Awaitable[T | None]] | None = None,
+        model: str | None = None,
     ) -> T:
         """Run ``call`` under the limits, retrying transient failures; ``before_retry`` may find it already done."""
         reason = ""
         for attempt in range(self.max_retries + 1):
+            self._check_up()
             if attempt and before_retry is not None:
                 found = await before_retry()
                 if found is not None:
                     return found
-            await self._limiter.wait()
             async with self._slots:
+                # Inside the slot, so a Retry-After pause that began while this request queued still holds it.
+                await self._limiter.wait(model)
+                self._check_up()
                 try:
-                    return await call()
+                    result = await call()
                 except Exception as exc:  # classified below: transient ones are retried, others re-raised
+                    if isinstance(exc, errors.MistralError):
+                        self._note(None)  # an HTTP answer: the server is reachable
                     transient = self._classify(exc)
+                else:
+                    self._note(None)
+                    return result
+            self._note(transient)
             reason = transient.reason
             if attempt == self.max_retries:
                 break
             delay = self._delay(attempt, transient.retry_after)
             if transient.retry_after is not None:
-                self._limiter.pause(delay)
+                self._limiter.pause(delay, model)
             log.debug("%s: %s; retry %d in %.2fs", what, reason, attempt + 1, delay)
-            await self._sleep(delay)
-        raise RequestFailed(f"gave up after {self.max_retries + 1} tries: {reason}")
+            await self._wait_before_retry(delay)
+        tries = f"{what} gave up after {self.max_retries + 1} tries"
+        if transient.reached:  # up, but every answer was a 429/5xx: as good as down for this run
+            raise self._went_down(f"{self.url} kept answering {reason} ({tries})")
+        raise self._went_down(f"cannot reach {self.url} ({reason}; {tries})")
 
-    async def complete(self, request: ChatRequest, row_id: str) -> Reply:
-        """One chat completion: budget reservation, limits, retries, then the cost record."""
+    async def complete(self, request: ChatRequest, row_id: str, journal: Callable[[Reply], None] | None = None) -> Reply:
+        """One chat completion: budget reservation, limits, retries, then the cost record.
+
+        ``journal`` (run in the same worker thread as the ledger, just before it) saves the paid reply before it
+        is returned, so a kill after this point cannot lose it. It goes first because the ledger's fsync takes
+        milliseconds (more when several replies queue on the disk): a kill inside it would otherwise leave a
+        reply charged but not saved, to be paid for again.
+        """
         bound = self.ledger.bound(request.model, request.messages, request.max_tokens, batch=False)
         self.ledger.reserve(bound)
         kwargs: dict[str, Any] = {
@@ -242,7 +358,9 @@ class MistralClient:
         if request.seed is not None:
             kwargs["random_seed"] = request.seed
         try:
-            response = await self._retrying(f"row {row_id}", lambda: self.sdk.chat.complete_async(**kwargs))
+            response = await self._retrying(
+                f"row {row_id}", lambda: self.sdk.chat.complete_async(**kwargs), model=request.model
+            )
             usage = response.usage
             reply = Reply(
                 text=text_of(response.choices[0].message.content if response.choices and response.choices[0].message else None),
@@ -251,12 +369,15 @@ class MistralClient:
                 model=request.model,
             )
             # fsync'd in a worker thread: a slow disk must not stall the other requests in flight.
-            await asyncio.to_thread(
-                self.ledger.charge, request.model, reply.prompt_tokens, reply.completion_tokens, batch=False, row_id=row_id
-            )
+            await asyncio.to_thread(self._record, request.model, reply, row_id, journal)
         finally:
             self.ledger.release(bound)
         return reply
+
+    def _record(self, model: str, reply: Reply, row_id: str, journal: Callable[[Reply], None] | None) -> None:
+        if journal is not None:
+            journal(reply)  # one unsynced write: microseconds, so a kill between the two lines is all but impossible
+        self.ledger.charge(model, reply.prompt_tokens, reply.completion_tokens, batch=False, row_id=row_id)
 
     # --- Batch API ---
 

@@ -81,6 +81,9 @@ class ApiStageConfig:
     max_retries: int = opt(6, "retries of one request on 429, 5xx, timeouts and connection errors")
     backoff_base_s: float = opt(1.0, "first retry delay; doubles per retry, with jitter")
     backoff_max_s: float = opt(60.0, "longest retry delay (a longer Retry-After is still honoured)")
+    outage_s: float = opt(
+        5.0, "stop (exit 3, rows stay pending) once no request has reached the server for this many seconds"
+    )
     batch: bool = opt(False, "use the Batch API (upload, job, poll, download, merge) at the batch price")
     batch_poll_s: float = opt(30.0, "seconds between batch job polls")
     batch_max_wait_s: float | None = opt(None, "stop polling after this long (rerun resumes the same job)")
@@ -90,7 +93,7 @@ class ApiStageConfig:
     def check(self) -> None:
         """Refuse settings that cannot work, all problems at once."""
         problems = [f"missing required key {k!r}" for k in ("input", "output") if getattr(self, k) is None]
-        positive = ("max_tries", "max_tokens", "concurrency", "timeout_s", "batch_poll_s", "batch_timeout_hours")
+        positive = ("max_tries", "max_tokens", "concurrency", "timeout_s", "batch_poll_s", "batch_timeout_hours", "outage_s")
         problems += [f"{k} must be > 0, got {getattr(self, k)}" for k in positive if getattr(self, k) <= 0]
         problems += [f"{k} must be >= 0" for k in ("max_retries", "backoff_base_s", "backoff_max_s") if getattr(self, k) < 0]
         if self.requests_per_second is not None and self.requests_per_second <= 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.errors import InputError
-from data_gen.store import Record, read_jsonl
+from data_gen.store import Record, missing_results, read_jsonl
 
 MAX_REPORTED = 20
 THOUGHT_FIELDS = {"id": str, "premise": str, "hypothesis": str, "label": int, "thought_process": str}
@@ -24,10 +24,10 @@ def _valid(value: Any, kind: type) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def read_results(path: Path, fields: dict[str, type]) -> list[Record]:
+def read_results(path: Path, fields: dict[str, type], purpose: str = "read") -> list[Record]:
     """A stage's done rows, every missing or malformed field reported at once as ``file:line: …``."""
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(missing_results(path, purpose))
     rows: list[Record] = []
     problems: list[str] = []
     for n, rec in read_jsonl(path):

@@ -1,6 +1,14 @@
-"""The error types the CLI knows: each one is printed as ``error: …`` (no traceback) with a distinct exit code."""
+"""The error types and exit statuses of data_gen: each error is printed as ``error: …`` (no traceback).
+
+Exit statuses (``run_stage`` returns them; the ``run`` pipeline stops at the first 2 or 3 and continues past 4):
+"""
 
 from __future__ import annotations
+
+EXIT_DONE = 0  #: every row is done
+EXIT_USAGE = 2  #: usage / config / input / auth error, or the output is locked by another run
+EXIT_RESUMABLE = 3  #: stopped early; rerunning the same command continues (budget, batch job running, outage)
+EXIT_FAILED_ROWS = 4  #: finished, but some rows failed (count and top reasons in the summary)
 
 
 class DataGenError(Exception):
@@ -19,12 +27,21 @@ class FatalAPIError(DataGenError):
     """The API refused every request (bad key, no access): retrying or continuing would only fail again."""
 
 
+class OutputLocked(DataGenError):
+    """Another run holds the lock on this output; two writers would pay for every row twice."""
+
+
+class ServerUnreachable(Exception):
+    """The server could not be reached for a while (refused, DNS, TLS, timeouts, 429/5xx that outlast the
+    retries): the stage stops, the rows stay pending, exit status 3, and a rerun continues."""
+
+
 class BudgetExhausted(Exception):
     """The next paid request could take the total spend past ``--budget``; the run stops cleanly instead."""
 
 
 class RequestFailed(Exception):
-    """One API request failed for good (retries used up, or an error that retrying cannot fix)."""
+    """One API request failed for good with an error that retrying cannot fix (a 4xx such as 400)."""
 
 
 class RowFailed(Exception):

@@ -3,13 +3,13 @@
 A row's work is a generator that *yields* the next :class:`ChatRequest` and is *sent* the :class:`Reply`; it
 returns the result record, or raises :class:`RowFailed`. The synchronous driver answers each request as soon as
 the API does; the batch driver collects the pending request of every row into one job per round. Because a
-workflow is a pure function of the replies it was sent, the batch driver can rebuild it after a crash by
-replaying the replies it saved.
+workflow is a pure function of the replies it was sent, both drivers rebuild a row cut off by a crash by
+replaying the replies they saved (:func:`replay`) instead of paying for them again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -17,6 +17,8 @@ from data_gen.errors import RowFailed
 
 T = TypeVar("T")
 Message = dict[str, str]
+#: A refusal reason shown to the model is cut to this many characters, so a re-prompt has a known size bound.
+MAX_REASON_CHARS = 300
 
 
 class InvalidAnswer(ValueError):
@@ -77,6 +79,17 @@ class ApiStage:
     models: tuple[str, ...]  # every model it may call: their prices are checked before anything is sent
 
 
+def replay(workflow: Workflow, replies: Iterable[Reply]) -> ChatRequest:
+    """Start ``workflow`` and send it ``replies`` (already paid for); return the request it makes next.
+
+    Raises ``StopIteration`` (with the result) or :class:`RowFailed` when the replies already finish the row.
+    """
+    request = next(workflow)
+    for reply in replies:
+        request = workflow.send(reply)
+    return request
+
+
 def ask(request: ChatRequest, parse: Callable[[str], T], max_tries: int, reprompt: Callable[[str], str]) -> Generator[ChatRequest, Reply, T]:
     """Ask until ``parse`` accepts the answer; each refusal goes back to the model as a re-prompt.
 
@@ -89,6 +102,6 @@ def ask(request: ChatRequest, parse: Callable[[str], T], max_tries: int, repromp
         try:
             return parse(reply.text)
         except InvalidAnswer as e:
-            reason = str(e)
+            reason = str(e)[:MAX_REASON_CHARS]
             messages = (*messages, {"role": "assistant", "content": reply.text}, {"role": "user", "content": reprompt(reason)})
     raise RowFailed(f"no valid answer in {max_tries} tries; last: {reason}")

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
@@ -43,6 +44,7 @@ class NLICoTCLI(LightningCLI):
         parser.link_arguments("data.init_args.packing", "model.init_args.packing")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(GenerationEval, "generation_eval")
         parser.set_defaults(
             {
                 "checkpoint.dirpath": "lightning_logs/nlicot/checkpoints",
@@ -77,7 +79,7 @@ class NLICoTCLI(LightningCLI):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
         config = self._get(self.config_init, "trainer", default={})
         kwargs["plugins"] = [*_as_list(config.get("plugins")), AtomicCheckpointIO()]
-        callbacks = [*_as_list(config.get("callbacks")), AdapterExport()]
+        callbacks = [*_as_list(config.get("callbacks")), AdapterExport(), TrainingRNG(), ThroughputLog(), DataReport()]
         if config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar())
         kwargs["callbacks"] = callbacks

@@ -1,9 +1,10 @@
 """NLICoTDataModule: corpus rows → tokenized, filtered, packed, cached splits → resumable loaders.
 
-Order of work in :meth:`NLICoTDataModule.setup` (each step needs the one before):
+Order of work (each step needs the one before): in :meth:`NLICoTDataModule.prepare_data`, once per machine,
   rows (validated, file:line errors) → token ids via the one template (nlicot/prompt.py) → over-length filter
   (dropped and counted, or an error) → packs (best-fit decreasing) → cached with `datasets` under a key of
-  (data content, tokenizer, template, max_length, packing) → loaders whose sampler knows accumulation and ranks.
+  (data content, tokenizer, template, max_length, packing); in :meth:`NLICoTDataModule.setup`, on every rank,
+  the cache memory-mapped → loaders whose sampler shards by rank.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,10 +60,10 @@ class TokenizedSplit:
         """A whole numeric column straight from Arrow (row-by-row access costs ~1 s per 40k rows)."""
         return self.examples.data.column(name).to_numpy()
 
-    def row_lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens per row and supervised tokens per row (what the sampler groups and normalises by)."""
-        total, answer = self.column("total_tokens"), self.column("answer_tokens")
-        return (np.array([total[p].sum() for p in self.packs]), np.array([answer[p].sum() for p in self.packs]))
+    def row_lengths(self) -> np.ndarray:
+        """Tokens per row (what the sampler groups by)."""
+        total = self.column("total_tokens")
+        return np.array([total[p].sum() for p in self.packs])
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:
@@ -71,24 +73,6 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     return dict(zip(("min", "p25", "median", "p75", "p95", "max"), map(float, q), strict=True)) | {
         "mean": float(values.mean())
     }
-
-
-def stats_markdown(stats: dict[str, Any]) -> str:
-    """A split's statistics as a small Markdown table (TensorBoard text)."""
-    tok = stats["tokens"]
-    lines = [
-        f"**{stats['source']}**: {stats['examples']} examples of {stats['rows_read']} rows read; "
-        f"dropped over max_length: {stats['dropped']['over_max_length']}; labels {stats['labels']}; "
-        f"sources {stats['sources']}; {stats['rows']} training rows, packing efficiency "
-        f"{100 * stats['packing_efficiency']:.1f} %",
-        "",
-        "| tokens | min | p25 | median | p75 | p95 | max | mean |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for part in ("prompt", "thought", "total"):
-        q = tok[part]
-        lines.append(f"| {part} | " + " | ".join(f"{q[k]:.0f}" for k in ("min", "p25", "median", "p75", "p95", "max", "mean")) + " |")
-    return "\n".join(lines)
 
 
 def build_split(
@@ -197,7 +181,7 @@ def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use
 
 
 class _RowDataset(torch.utils.data.Dataset):
-    """Indexed by ``(row, window_tokens)`` from :class:`PackBatchSampler`; returns the row's examples + tag."""
+    """Indexed by row (from :class:`PackBatchSampler`); returns the examples packed into that row."""
 
     def __init__(self, split: TokenizedSplit) -> None:
         self.split = split
@@ -205,21 +189,8 @@ class _RowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split.packs)
 
-    def __getitem__(self, index: tuple[int, int]) -> tuple[list[Example], int]:
-        row, window_tokens = index
-        return self.split.row(row), window_tokens
-
-
-class _Collate:
-    """Picklable collate (worker processes): packs → batch tensors + the window's supervised-token count."""
-
-    def __init__(self, pad_id: int, pad_to_multiple_of: int) -> None:
-        self.pad_id, self.pad_to_multiple_of = pad_id, pad_to_multiple_of
-
-    def __call__(self, items: list[tuple[list[Example], int]]) -> dict[str, torch.Tensor]:
-        batch = collate_packs([packs for packs, _ in items], self.pad_id, self.pad_to_multiple_of)
-        batch["window_tokens"] = torch.tensor(items[0][1])
-        return batch
+    def __getitem__(self, row: int) -> list[Example]:
+        return self.split.row(row)
 
 
 class NLICoTDataModule(L.LightningDataModule):
@@ -284,18 +255,36 @@ class NLICoTDataModule(L.LightningDataModule):
         h = self.hparams
         return dict(max_length=h.max_length, packing=h.packing, on_overlength=h.on_overlength, columns=h.columns)
 
-    def _wanted(self, stage: str | None) -> list[str]:
-        return {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": []}.get(stage or "", SPLITS)
+    def _sources(self, stage: str | None) -> dict[str, str]:
+        """The splits a stage reads, with their sources; one the stage cannot do without is an error if unset."""
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": []}.get(stage or "", SPLITS)
+        sources = {}
+        for split in wanted:
+            source = getattr(self.hparams, f"{split}_path")
+            if source is not None:
+                sources[split] = source
+            elif split == "train" or (split == "test" and stage == "test") or (split == "val" and stage == "validate"):
+                raise CorpusError(f"data.{split}_path is not set; stage {stage!r} needs it")
+        return sources
+
+    def prepare_data(self) -> None:
+        """Tokenize, pack and cache the splits this run needs, once per machine.
+
+        Lightning calls this on local rank 0 only and holds the other ranks at a barrier until it returns, so
+        DDP ranks never build (and rename into place) the same cache folder at once; every rank's :meth:`setup`
+        then only memory-maps it. With ``cache=false`` there is nothing to share: each rank builds in ``setup``.
+        """
+        if not self.hparams.cache:
+            return
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        for split, source in self._sources(fn.value if fn else None).items():
+            load_split(source, split, self.tokenizer, self._settings())
 
     def setup(self, stage: str | None = None) -> None:
+        """Load this stage's splits (from the cache :meth:`prepare_data` wrote; built here when called alone)."""
         if stage == "predict":
             self._setup_predict()
-        for split in self._wanted(stage):
-            source = getattr(self.hparams, f"{split}_path")
-            if source is None:
-                if split == "train" or (split == "test" and stage == "test") or (split == "val" and stage == "validate"):
-                    raise CorpusError(f"data.{split}_path is not set; stage {stage!r} needs it")
-                continue
+        for split, source in self._sources(stage).items():
             if split not in self.splits:
                 self.splits[split] = load_split(source, split, self.tokenizer, self._settings(), self.hparams.cache)
                 self._report(split)
@@ -333,13 +322,10 @@ class NLICoTDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> StatefulDataLoader:
         data = self.splits[split]
-        lengths, label_tokens = data.row_lengths()
         trainer = self.trainer
         sampler = PackBatchSampler(
-            lengths,
-            label_tokens,
+            data.row_lengths(),
             micro_batch_size=self.hparams.micro_batch_size,
-            accumulate=trainer.accumulate_grad_batches if (train and trainer) else 1,
             shuffle=train,
             group_by_length=self.hparams.group_by_length,
             seed=self.hparams.seed,
@@ -356,7 +342,8 @@ class NLICoTDataModule(L.LightningDataModule):
         return StatefulDataLoader(
             _RowDataset(data),
             batch_sampler=sampler,
-            collate_fn=_Collate(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of),
+            collate_fn=partial(collate_packs, pad_id=self.tokenizer.pad_token_id,
+                               pad_to_multiple_of=self.hparams.pad_to_multiple_of),
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )

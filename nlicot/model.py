@@ -1,31 +1,30 @@
 """NLICoTModule: a 4-bit NF4 Mistral with a LoRA adapter, trained on packed answer-only tokens.
 
 What it guarantees, and where:
-* loss = mean over every supervised token of an optimizer step, across micro-batches and ranks
-  (:meth:`training_step`; the sampler tags each batch with its window's token count);
+* loss = mean over every supervised token of an optimizer step, across micro-batches and ranks (each
+  micro-batch's summed CE in :meth:`training_step`, the gradient scaled by the step's token count in
+  :meth:`optimizer_step`);
 * packed examples never see each other (:meth:`_attention_inputs`; refused at start if the attention path
   cannot isolate them, checked on every step that masks and positions reach the decoder);
-* checkpoints hold the adapter, optimizer, scheduler plan, loader position and RNG states — never the frozen
-  base (:meth:`on_save_checkpoint`), so a resumed run repeats an unbroken one exactly.
+* checkpoints hold the adapter and the training state — never the frozen base (:meth:`on_save_checkpoint`).
+
+What it leaves to callbacks (nlicot/callbacks.py, added by the CLI): generation-based evaluation, the data
+report, throughput / packing logging and the RNG streams of exact resume.
 """
 
 from __future__ import annotations
 
-import random
-import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from torchmetrics import MeanMetric
 
 from nlicot import evaluation
-from nlicot.data import stats_markdown
 from nlicot.generation import generate_batched, sample_chains
-from nlicot.metrics import NLIMetrics
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
 from nlicot.schedule import WarmupCosine
 from nlicot.tiny import load_tokenizer, resolve_model_path
@@ -75,7 +74,6 @@ class NLICoTModule(L.LightningModule):
         min_lr_ratio: float = 0.0,
         rewarm_on_extend: bool = False,
         adapter_path: str | None = None,
-        generation_eval: int = 0,
         max_new_tokens: int = 320,
         generation_batch_size: int = 32,
         num_samples: PositiveInt = 1,
@@ -106,11 +104,9 @@ class NLICoTModule(L.LightningModule):
             rewarm_on_extend: when a resumed run has a longer horizon, warm up again instead of continuing.
             adapter_path: start from a saved PEFT adapter folder (e.g. ``…/checkpoints/adapter``) instead of a
                 fresh LoRA; its own LoRA settings apply.
-            generation_eval: at the end of validation / test, generate thoughts for this many rows of the split
-                (0 = off, -1 = all) and log accuracy, precision, recall, F1, parse rate and sample thoughts.
             max_new_tokens: generation budget per answer (a 3-step thought + JSON fits in ~200).
-            generation_batch_size: sequences decoded together in predict / generation evaluation (with
-                ``num_samples`` k > 1, one prompt takes k sequences, +1 with ``greedy_reference``).
+            generation_batch_size: sequences decoded together in predict and in evaluation by ``generation_eval``
+                (with ``num_samples`` k > 1, one prompt takes k sequences, +1 with ``greedy_reference``).
             num_samples: chains per example. 1 = one greedy chain (``temperature`` / ``top_p`` unused); k > 1 =
                 self-consistency: k sampled chains, majority vote, agreement (share of chains voting for the
                 winner) as the confidence (ties and parse failures: nlicot/voting.py).
@@ -131,10 +127,9 @@ class NLICoTModule(L.LightningModule):
         self.tokenizer = None
         self.strict_loading = False  # checkpoints hold the adapter only; completeness is checked by hand
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-        self._window: dict[str, torch.Tensor | float] = {}
-        self._rng_to_restore: dict[str, Any] | None = None
+        self._window: torch.Tensor | None = None  # [summed CE, supervised tokens] of this rank's micro-batches
+        self._step_loss: torch.Tensor | None = None
         self._decoder_saw: dict[str, Any] = {}
-        self._last_step_time: float | None = None
 
     # ------------------------------------------------------------------ model
     def _attn_impl(self) -> str:
@@ -252,53 +247,47 @@ class NLICoTModule(L.LightningModule):
                 f"loss is {ce.item()} at optimizer step {self.global_step} (batch {batch_idx}); training stopped. "
                 "The last checkpoint was written before this and is usable: lower model.learning_rate or check data."
             )
-        w = self._window
-        w["ce"] = w.get("ce", 0.0) + ce.detach()
-        w["real"] = w.get("real", 0) + int(batch["num_real_tokens"])
-        w["slots"] = w.get("slots", 0) + batch["input_ids"].numel()
-        w["tokens"] = int(batch["window_tokens"])
-        # Lightning divides by accumulate_grad_batches and DDP averages over ranks; undo both so the gradient
-        # is d(sum of CE over the window, all ranks) / (supervised tokens in the window, all ranks).
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size
-        return ce * scale / batch["window_tokens"].clamp(min=1)
+        counts = torch.stack([ce.detach(), n.to(ce.dtype)])
+        self._window = counts if self._window is None else self._window + counts
+        return ce  # summed, not averaged: optimizer_step divides by the whole step's token count
 
-    def on_fit_start(self) -> None:
-        """Put the data report (counts, label balance, drops, token lengths) next to the curves in TensorBoard."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        experiment = getattr(self.logger, "experiment", None)
-        if datamodule is None or not hasattr(experiment, "add_text") or not self.trainer.is_global_zero:
-            return
-        for split, data in datamodule.splits.items():
-            experiment.add_text(f"data/{split}", stats_markdown(data.stats), 0)
-            for part in ("prompt", "thought", "total"):
-                experiment.add_histogram(f"data/{split}/{part}_tokens", data.column(f"{part}_tokens"), 0)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Callable[[], Any] | None = None) -> None:
+        """Step on d(mean CE per supervised token of the whole step) whatever the micro-batches and ranks.
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._rng_to_restore is not None:  # first step after a resume: continue the saved random streams
-            _set_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
-        if self._last_step_time is None:
-            self._last_step_time = time.perf_counter()
+        After the step's last backward, ``p.grad = Σ CE / (accumulate × world_size)``: every micro-batch returned
+        its summed CE, Lightning divided each by ``accumulate_grad_batches`` (also in a shorter last window of an
+        epoch) and DDP averaged over ranks. Multiplying by ``accumulate × world_size / T``, with T the step's
+        supervised tokens on all ranks (one all-reduce), gives the token mean, as torchtune scales by
+        1 / num_tokens. It runs inside the closure, so ``on_before_optimizer_step`` hooks, the logged gradient
+        norm and gradient clipping all see the normalised gradient.
+        """
+
+        def closure() -> Any:
+            loss = optimizer_closure()
+            self._normalise_gradients()
+            return loss
+
+        optimizer.step(closure=closure)
+
+    def _normalise_gradients(self) -> None:
+        ce, tokens = self.trainer.strategy.reduce(self._window, reduce_op="sum")
+        self._window = None
+        tokens = tokens.clamp(min=1)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        self._step_loss = ce / tokens
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per optimizer step, after all micro-batches' backward: log the step's true figures."""
-        w, self._window = self._window, {}
-        strategy = self.trainer.strategy
-        ce = strategy.reduce(torch.as_tensor(w.get("ce", 0.0), device=self.device, dtype=torch.float32), reduce_op="sum")
-        tokens = w.get("tokens", 0)
-        real = strategy.reduce(torch.tensor(float(w.get("real", 0)), device=self.device), reduce_op="sum")
-        slots = strategy.reduce(torch.tensor(float(w.get("slots", 0)), device=self.device), reduce_op="sum")
+        """Once per optimizer step, gradients normalised and not yet clipped: the step's loss, LR and grad norm."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        now = time.perf_counter()
-        elapsed = max(now - (self._last_step_time or now), 1e-9)
-        self._last_step_time = now
-        self.log("train/loss", ce / max(tokens, 1), prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/loss", self._step_loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict(
             {
                 "train/lr": optimizer.param_groups[0]["lr"],
                 "train/grad_norm": torch.nn.utils.get_total_norm(grads) if grads else torch.tensor(0.0),
-                "train/tokens_per_sec": real / elapsed,
-                "train/packing_efficiency": real / slots.clamp(min=1),
             },
             on_step=True, on_epoch=False,
         )
@@ -318,32 +307,12 @@ class NLICoTModule(L.LightningModule):
         self.log(f"{stage}/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{stage}/token_accuracy", self.val_acc, on_step=False, on_epoch=True)
 
-    def on_validation_epoch_end(self) -> None:
-        self._generation_eval("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._generation_eval("test")
-
-    def _generation_eval(self, stage: str) -> None:
-        """Generate for the first ``generation_eval`` rows of the split (each rank its share) and log metrics."""
-        n = self.hparams.generation_eval
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if n == 0 or self.trainer.sanity_checking or datamodule is None or stage not in datamodule.splits:
-            return
-        examples = datamodule.splits[stage].examples
-        rows = examples.select(range(len(examples) if n < 0 else min(n, len(examples))))
-        rows = rows.shard(self.trainer.world_size, self.trainer.global_rank, contiguous=True).to_list()
-        recs = self.predict_records(rows)
-        metric = NLIMetrics().to(self.device)
-        evaluation.update_metrics(metric, recs)
-        evaluation.log_metrics(self, stage, metric.compute(), recs[:3])
-
     def predict_records(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows (``prompt_ids``, ``id``, ``label``, …) → prediction records, with the model's generation settings.
+        """Rows (``prompt_ids``, ``id``, ``label``, …) → generated answers → one prediction record per row.
 
-        One greedy chain per row, or with ``num_samples`` > 1 a vote over sampled chains
-        (see ``nlicot/evaluation.py`` for the record fields).
-        """
+        One greedy chain per row, or with ``num_samples`` > 1 a vote over sampled chains (record fields:
+        nlicot/evaluation.py). Used by :meth:`predict_step`, by the generation-evaluation callback and by GRPO;
+        the generation settings are this module's hyperparameters."""
         h = self.hparams
         prompts = [r["prompt_ids"] for r in rows]
         if h.num_samples == 1:
@@ -388,7 +357,7 @@ class NLICoTModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = self.adapter_state_dict()
-        checkpoint["nlicot"] = {"rng": _get_rng_state(), "base_model": self.hparams.model_name_or_path}
+        checkpoint["nlicot"] = {"base_model": self.hparams.model_name_or_path}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
@@ -399,26 +368,4 @@ class NLICoTModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]}): it was made with "
                 "other LoRA settings (r, target_modules) or another base model"
             )
-        self._rng_to_restore = checkpoint.get("nlicot", {}).get("rng")
 
-
-def _get_rng_state() -> dict[str, Any]:
-    """Every random stream a training step draws from (dropout, LoRA dropout, numpy/python in user code)."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

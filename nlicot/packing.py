@@ -116,17 +116,15 @@ class ResumeMismatchError(RuntimeError):
     """A resumed run shards or sizes its batches differently from the run that saved the data position."""
 
 
-class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Shuffles rows per epoch into this rank's micro-batches; each index is tagged with its window's tokens.
+class PackBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffles rows per epoch into this rank's micro-batches of row indices.
 
     Rows are packs (or single examples when packing is off). With ``group_by_length`` the shuffled rows are cut
     into mega-batches of ``mega_batches`` global micro-batches, sorted by length inside each, sliced, and the
     micro-batches shuffled again: batch order stays random while each batch is padded only to rows of similar
-    length (the collator pads to the longest row of the batch).
+    length (the collator pads to the longest row of the batch). The sampler only orders rows; the loss of an
+    optimizer step is normalised by the model (``NLICoTModule.optimizer_step``), which counts the tokens.
 
-    Why the tag: the loss of an optimizer step must be the mean over *all* its supervised tokens, across the
-    ``accumulate`` micro-batches and all ranks. Only the sampler knows the whole window in advance, so every
-    yielded index is ``(row index, supervised tokens in this optimizer step, all ranks together)``.
     Resumable: deterministic in (seed, epoch), and ``state_dict`` records the epoch and how many micro-batches
     were *consumed*; torchdata's StatefulDataLoader saves that and restores it instead of fast-forwarding.
     Under a Trainer the data module sets ``progress`` to Lightning's own counters (current epoch, batches
@@ -138,9 +136,7 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __init__(
         self,
         lengths: Sequence[int],
-        label_tokens: Sequence[int],
         micro_batch_size: int,
-        accumulate: int = 1,
         shuffle: bool = True,
         group_by_length: bool = True,
         mega_batches: int = 32,
@@ -149,9 +145,7 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         rank: int = 0,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.label_tokens = np.asarray(label_tokens, dtype=np.int64)
         self.micro_batch_size = micro_batch_size
-        self.accumulate = max(1, accumulate)
         self.shuffle = shuffle
         self.group_by_length = group_by_length
         self.mega_batches = mega_batches
@@ -202,7 +196,7 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             )
         self.epoch, self._skip = state["epoch"], state["position"]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[int]]:
         if self.progress:
             epoch = self.progress()[0]
             if epoch != self.epoch:  # a resume position belongs to its own epoch only
@@ -210,11 +204,8 @@ class PackBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         batches = self._global_batches()
         start, self._skip = self._skip, 0
         for position in range(start, len(batches)):
-            w = position - position % self.accumulate
-            window = batches[w : w + self.accumulate]
-            tokens = int(sum(self.label_tokens[b].sum() for b in window))
             self._yielded = position + 1
-            yield [(int(i), tokens) for i in np.array_split(batches[position], self.world_size)[self.rank]]
+            yield np.array_split(batches[position], self.world_size)[self.rank].tolist()
 
     def __len__(self) -> int:
         n, step = len(self.lengths), self.micro_batch_size * self.world_size

@@ -49,4 +49,4 @@ class RankProbe(L.Callback):
         pad = pl_module.tokenizer.pad_token_id
         rows = [row_digest(ids, pad) for ids in batch["input_ids"].tolist()]
         self._write(trainer, {"step": trainer.global_step, "rows": rows,
-                              "window_tokens": int(batch["window_tokens"])})
+                              "label_tokens": int(batch["num_label_tokens"])})

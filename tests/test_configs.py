@@ -44,6 +44,7 @@ def test_best_is_the_seed_setup():
     assert (t["gradient_clip_val"], m["learning_rate"], m["warmup_steps"]) == (1.0, 1e-4, 150)
     assert (d["max_length"], m["quantization"], m["double_quant"], m["compute_dtype"]) == (512, "nf4", True, "bfloat16")
     assert m["gradient_checkpointing"] and m["optimizer"] == "auto" and t["precision"] == "bf16-mixed"
+    assert cfg["generation_eval"]["rows"] == 200 and "generation_eval" not in m  # the callback's key, not the model's
 
 
 @pytest.mark.parametrize("name, r, batch", [("ablation0.yaml", 16, 16), ("ablation1.yaml", 16, 32),

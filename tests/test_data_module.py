@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lightning.pytorch.trainer.states import TrainerFn
+
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
 
@@ -43,6 +45,31 @@ def test_cache_hit_and_invalidation(repo, cache, tokenizer, monkeypatch, tmp_pat
     NLICoTDataModule(train_path=str(edited), micro_batch_size=2).setup("fit")
     assert calls[4:] == ["train"]  # edited content invalidates; no leftover temp folders either
     assert not [p for p in (cache / "data").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_prepare_data_builds_once_and_setup_only_loads(repo, cache, tokenizer, monkeypatch):
+    """Lightning runs prepare_data on local rank 0 only, then setup on every rank: with the splits built and cached
+    in prepare_data, no rank's setup tokenizes or writes (no rename races), it memory-maps the cache."""
+    import nlicot.data as data
+
+    calls = []
+    real = data.build_split
+    monkeypatch.setattr(data, "build_split", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(data, "load_tokenizer", lambda name: tokenizer)
+    rank0 = module(repo)
+    rank0.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING))
+    rank0.prepare_data()
+    assert calls == ["val"]  # only what the stage reads
+    rank0.trainer.state.fn = TrainerFn.FITTING
+    rank0.prepare_data()
+    assert calls == ["val", "train"]  # val already cached
+    folders = sorted(p.name for p in (cache / "data").iterdir())
+    for rank in range(2):
+        dm = module(repo)
+        dm.setup("fit")
+        assert sorted(dm.splits) == ["train", "val"] and len(dm.splits["train"].packs) > 0, rank
+    assert calls == ["val", "train"]  # setup built nothing ...
+    assert sorted(p.name for p in (cache / "data").iterdir()) == folders  # ... and wrote nothing
 
 
 def test_over_length_dropped_and_counted_or_refused(repo, cache):
@@ -95,15 +122,15 @@ def test_loader_resumes_mid_epoch_exactly(repo, cache):
     assert len(nxt) == len(full) and not all(torch.equal(a, b) for a, b in zip(nxt, full))
 
 
-def test_batches_carry_isolation_and_window_tags(repo, cache):
+def test_batches_carry_isolation_and_token_counts(repo, cache):
     dm = module(repo)
     dm.setup("fit")
-    dm.trainer = fake_trainer(accumulate=3)
+    dm.trainer = fake_trainer()
     batches = list(dm.train_dataloader())
     first = batches[0]
-    assert {"input_ids", "labels", "position_ids", "segment_ids", "window_tokens"} <= set(first)
-    window = sum(int(b["num_label_tokens"]) for b in batches[:3])
-    assert all(int(b["window_tokens"]) == window for b in batches[:3])
+    assert {"input_ids", "labels", "position_ids", "segment_ids", "num_label_tokens", "num_real_tokens"} <= set(first)
+    assert "window_tokens" not in first  # the model counts an optimizer step's tokens itself
+    assert all(int(b["num_label_tokens"]) == int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     assert int(first["segment_ids"].max()) >= 1  # rows really hold several examples
 
 

@@ -4,7 +4,8 @@ the resume guard for a changed global micro-batch.
 Both runs use the same seed, sampler, accumulation (2) and global micro-batch of 4 rows (1 process × micro-batch 4
 vs 2 ranks × micro-batch 2) and LoRA dropout 0: the two ranks' halves of a global micro-batch are what the single
 process sees in one micro-batch, so loss, gradient and updated weights must agree up to float32 summation order.
-This checks the loss scaling by accumulation × world size against the token-weighted 1-process mean.
+This checks the model's gradient normalisation (all-reduced token count, scaled by accumulation × world
+size) against the token-weighted 1-process mean.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def rows_per_step(records: list[dict]) -> dict[int, list[str]]:
     return steps
 
 
+def tokens_per_step(records: list[dict]) -> dict[int, int]:
+    steps: dict[int, int] = {}
+    for r in records:
+        if "rows" in r:
+            steps[r["step"]] = steps.get(r["step"], 0) + r["label_tokens"]
+    return steps
+
+
 def scalars(root: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,9 +97,13 @@ def test_ranks_see_disjoint_halves_of_the_single_process_batches(runs):
         assert r0[step] and r1[step], step  # every rank trains on every step
         assert not set(r0[step]) & set(r1[step]), step  # never the same row on both ranks
         assert sorted(r0[step] + r1[step]) == sorted(ref[step]), step  # together: the 1-process global batch
-    # the window's supervised-token count (the loss denominator) is the global one on both ranks
-    tokens = [{r["step"]: r["window_tokens"] for r in recs if "rows" in r} for recs in (single[0], ddp[0], ddp[1])]
-    assert tokens[0] == tokens[1] == tokens[2]
+    # each step's supervised tokens (the loss denominator the model all-reduces): the ranks' counts add up to the
+    # 1-process count, and each rank holds only part of it
+    tokens = [tokens_per_step(recs) for recs in (single[0], ddp[0], ddp[1])]
+    assert sorted(tokens[0]) == list(range(STEPS))
+    for step in range(STEPS):
+        assert tokens[1][step] + tokens[2][step] == tokens[0][step], step
+        assert 0 < tokens[1][step] < tokens[0][step], step
 
 
 @pytest.mark.slow
@@ -138,9 +151,9 @@ def test_checkpoints_and_logs_are_written_once_by_rank_zero(runs):
 
 def test_resume_refuses_another_global_micro_batch_size():
     """A saved position counts global micro-batches: on 2 GPUs x 2 rows it means other rows than on 1 GPU x 2."""
-    lengths, label_tokens = [100] * 40, [30] * 40
-    state = packing.PackBatchSampler(lengths, label_tokens, micro_batch_size=2, world_size=2, rank=1).state_dict()
-    same_rows = packing.PackBatchSampler(lengths, label_tokens, micro_batch_size=4)
+    lengths = [100] * 40
+    state = packing.PackBatchSampler(lengths, micro_batch_size=2, world_size=2, rank=1).state_dict()
+    same_rows = packing.PackBatchSampler(lengths, micro_batch_size=4)
     same_rows.load_state_dict(state)  # 1 process x 4 rows: the same global micro-batches, resumable
     with pytest.raises(packing.ResumeMismatchError, match="saved with 4 rows .* this run has 2"):
-        packing.PackBatchSampler(lengths, label_tokens, micro_batch_size=2).load_state_dict(state)
+        packing.PackBatchSampler(lengths, micro_batch_size=2).load_state_dict(state)

@@ -58,34 +58,29 @@ def test_block_causal_mask():
     assert add[1, 0] == 0 and add[2, 1] == torch.finfo(torch.float32).min
 
 
-def batches(sampler: PackBatchSampler, epoch: int = 0) -> list[list[tuple[int, int]]]:
+def batches(sampler: PackBatchSampler, epoch: int = 0) -> list[list[int]]:
     sampler.set_epoch(epoch)
     return list(sampler)
 
 
-def test_sampler_window_tokens_ranks_and_epochs():
+def test_sampler_ranks_and_epochs():
     rng = np.random.default_rng(0)
     lengths = rng.integers(50, 512, 37)
-    labels = rng.integers(10, 200, 37)
-    ranks = [PackBatchSampler(lengths, labels, micro_batch_size=3, accumulate=2, world_size=2, rank=r, seed=7)
-             for r in range(2)]
+    ranks = [PackBatchSampler(lengths, micro_batch_size=3, world_size=2, rank=r, seed=7) for r in range(2)]
     per_rank = [batches(s) for s in ranks]
     assert len(per_rank[0]) == len(per_rank[1]) == len(ranks[0])
-    seen = [i for rank in per_rank for b in rank for i, _ in b]
+    seen = [i for rank in per_rank for b in rank for i in b]
     # disjoint ranks; 37 = 6 steps of 6 + 1 row, too few for 2 ranks: that one row is dropped this epoch
     assert len(seen) == len(set(seen)) == 36
-    for step in range(0, len(per_rank[0]), 2):  # each window's tag = its supervised tokens on all ranks
-        window = [b for rank in per_rank for b in rank[step : step + 2]]
-        tokens = sum(int(labels[i]) for b in window for i, _ in b)
-        assert {t for b in window for _, t in b} == {tokens}
+    assert all(isinstance(i, int) for i in seen)  # plain row indices: the sampler only orders rows
     assert batches(ranks[0], 0) != batches(ranks[0], 1)  # reshuffled per epoch
     assert batches(ranks[0], 1) == batches(ranks[0], 1)  # ... deterministically
 
 
 def test_sampler_groups_similar_lengths():
     lengths = np.arange(1, 257)
-    grouped = PackBatchSampler(lengths, lengths, micro_batch_size=8, seed=1)
-    spread = [np.ptp([lengths[i] for i, _ in b]) for b in batches(grouped)]
-    plain = PackBatchSampler(lengths, lengths, micro_batch_size=8, seed=1, group_by_length=False)
+    grouped = PackBatchSampler(lengths, micro_batch_size=8, seed=1)
+    spread = [np.ptp([lengths[i] for i in b]) for b in batches(grouped)]
+    plain = PackBatchSampler(lengths, micro_batch_size=8, seed=1, group_by_length=False)
     assert max(spread) == 7  # contiguous lengths in each batch
-    assert np.mean([np.ptp([lengths[i] for i, _ in b]) for b in batches(plain)]) > 100
+    assert np.mean([np.ptp([lengths[i] for i in b]) for b in batches(plain)]) > 100

@@ -27,6 +27,7 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
     inputs = tmp_path / "pairs.csv"
     inputs.write_text("id,premise,hypothesis,label\nb,A long premise about three cats sleeping on a warm mat.,"
@@ -49,9 +50,10 @@ def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
     assert "2 predictions" not in proc.stdout and "3 predictions" in proc.stdout
 
 
+@pytest.mark.slow
 def test_validate_logs_generation_metrics(trained, tmp_path):
     cli("validate", "--config", "configs/demo_handwritten.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
-        "--model.generation_eval=4", "--model.max_new_tokens=8", "--trainer.enable_progress_bar=false",
+        "--generation_eval.rows=4", "--model.max_new_tokens=8", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -65,6 +67,7 @@ def test_validate_logs_generation_metrics(trained, tmp_path):
     assert "val/confusion_matrix" in acc.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_export_merged_equals_adapter_model(trained, tmp_path):
     out = tmp_path / "merged"
     cli("--ckpt_path", str(trained / "ckpt" / "last.ckpt"), "--output_dir", str(out), "--dtype", "float32",

@@ -328,7 +328,7 @@ def test_validate_logs_vote_metrics_and_figures(repo, tmp_path) -> None:
     """Generation evaluation with k = 2 puts the vote's scores and figures into TensorBoard."""
     proc = subprocess.run(
         [sys.executable, "-m", "nlicot", "validate", "--config", "configs/demo_handwritten.yaml",
-         "--model.generation_eval=3", "--model.max_new_tokens=4", "--model.num_samples=2",
+         "--generation_eval.rows=3", "--model.max_new_tokens=4", "--model.num_samples=2",
          "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
          f"--trainer.logger.init_args.save_dir={tmp_path}"],
         capture_output=True, text=True, cwd=repo, timeout=600, check=False,

@@ -46,6 +46,7 @@ def scalars(root: Path, version: int = -1) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_fit_logs_every_step_saves_adapter_that_plain_peft_loads(tmp_path, tiny_path):
     run_fit(tmp_path, "--trainer.max_steps=12")
     logged = scalars(tmp_path)
@@ -85,6 +86,7 @@ def wait_for_checkpoint(ckpt_dir: Path, min_step: int, proc: subprocess.Popen, t
     raise TimeoutError
 
 
+@pytest.mark.slow
 def test_sigkill_resume_is_exact_and_extension_is_smooth(tmp_path):
     steps = 16
     run_fit(tmp_path / "unbroken", f"--trainer.max_steps={steps}")
@@ -127,6 +129,30 @@ def test_sigkill_resume_is_exact_and_extension_is_smooth(tmp_path):
     assert ext[2 * steps - 1] < ext[resumed_from]  # it decays over the new horizon
 
 
+@pytest.mark.slow
+def test_resume_from_checkpoint_taken_just_before_validation_is_exact(tmp_path):
+    """The step checkpoint at an epoch end is written before that epoch's validation and the next epoch's loader:
+    whatever those draw from the random generators must not shift the resumed run's dropout masks."""
+    steps, per_epoch = 16, 11
+    val = ["--trainer.limit_val_batches=1.0", "--trainer.check_val_every_n_epoch=1",
+           f"--checkpoint.every_n_train_steps={per_epoch}", f"--trainer.max_steps={steps}"]
+    run_fit(tmp_path / "unbroken", *val)
+    ref = scalars(tmp_path / "unbroken")
+    assert sorted(ref["val/loss"]) == [per_epoch - 1]  # validation ran once, right after the checkpoint
+    ckpt = tmp_path / "unbroken" / "ckpt" / f"step{per_epoch:06d}.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == per_epoch
+
+    # the same resume, and once more without any validation: training does not depend on when validation runs
+    for name, extra in (("resumed", []), ("resumed_no_val", ["--trainer.limit_val_batches=0"])):
+        run_fit(tmp_path / name, *val, *extra, f"--ckpt_path={ckpt}")
+        again = scalars(tmp_path / name)
+        assert sorted(again["train/loss"]) == list(range(per_epoch, steps))
+        d_loss = max(abs(again["train/loss"][s] - ref["train/loss"][s]) for s in range(per_epoch, steps))
+        print(f"\n{name} from the epoch-end checkpoint at step {per_epoch}: max |dloss| = {d_loss:.3g}")
+        assert d_loss <= 1e-6, name
+
+
+@pytest.mark.slow
 def test_fresh_fit_refuses_to_overwrite_and_last_must_exist(tmp_path):
     (tmp_path / "ckpt").mkdir()
     cmd = fit_cmd(tmp_path, "--trainer.max_steps=1", "--ckpt_path=last")
@@ -231,3 +257,11 @@ def test_checkpoint_of_mistral_7b_adapter_is_about_100_mb():
     assert adapter == 32 * (2 * 32 * (4096 + 4096) + 2 * 32 * (4096 + 1024))  # q, o: 4096->4096; k, v: 4096->1024
     assert adapter == 27_262_976
     assert adapter * 4 < 110e6 < base * 2 / 100  # fp32 adapter 109 MB: under 1 % of the 14.5 GB bf16 base
+
+
+def test_model_does_not_import_the_data_module():
+    """The module is model, loss, optimizer and checkpoint slimming: data reports and evaluation rows come
+    through callbacks (nlicot/callbacks.py), so importing the model never pulls in the data pipeline."""
+    code = "import sys, nlicot.model; assert 'nlicot.data' not in sys.modules, sorted(sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

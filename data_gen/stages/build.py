@@ -141,7 +141,7 @@ def render_markdown(stats: dict[str, Any]) -> str:
 
 def main(cfg: Config) -> int:
     assert cfg.thoughts is not None and cfg.out_dir is not None
-    generated = read_results(cfg.thoughts, GENERATED_FIELDS)
+    generated = read_results(cfg.thoughts, GENERATED_FIELDS, purpose="build")
     reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
     rows, selection = candidates(generated, reflected)
     if cfg.scores:

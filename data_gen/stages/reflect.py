@@ -16,7 +16,7 @@ def read_rows(cfg: Config) -> list[Record]:
     return [
         {"id": r["id"], "premise": r["premise"], "hypothesis": r["hypothesis"], "label": r["label"],
          "flawed_thought": r["thought_process"], "flawed_label": r["predicted_label"]}
-        for r in read_results(cfg.input, GENERATED_FIELDS)
+        for r in read_results(cfg.input, GENERATED_FIELDS, purpose="reflect")
         if r["predicted_label"] != r["label"]
     ]
 

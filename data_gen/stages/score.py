@@ -21,7 +21,7 @@ from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 def read_rows(cfg: Config) -> list[Record]:
     assert cfg.input is not None
     reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
-    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS), reflected)
+    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS, purpose="score"), reflected)
     return rows
 
 

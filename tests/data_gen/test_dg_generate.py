@@ -40,10 +40,10 @@ def test_twenty_percent_faults_every_row_ends_done_or_failed_with_a_reason(fake_
     server = fake_api(retry_after_s=0.02, slow_s=0.6, seed=3, **rates)
     out = tmp_path / "thoughts.jsonl"
     rc = dg("generate", "--input", rows_file(80), "--output", out, *flags(server, timeout_s=0.25, max_retries=4, max_tries=2))
-    assert rc == 0
     done = _ids(jsonl(out))
     failed_path = out.with_name("thoughts.failed.jsonl")
     failed = jsonl(failed_path) if failed_path.exists() else []
+    assert rc == (4 if failed else 0)
     assert all(f["reason"] for f in failed)
     assert len(done) == len(set(done))
     assert set(done) | {f["id"] for f in failed} == {f"r{i}" for i in range(80)}
@@ -57,12 +57,12 @@ def test_invalid_labels_fail_with_the_reason_and_retry_failed_redoes_them(fake_a
     rows = rows_file(6)
     out = tmp_path / "thoughts.jsonl"
     bad = fake_api(rate_bad_label=1.0)
-    assert dg("generate", "--input", rows, "--output", out, *flags(bad, max_tries=2)) == 0
+    assert dg("generate", "--input", rows, "--output", out, *flags(bad, max_tries=2)) == 4  # finished, rows failed
     failed = jsonl(out.with_name("thoughts.failed.jsonl"))
     assert len(failed) == 6 and all('"predicted_label" must be the number 0 or 1, got 7' in f["reason"] for f in failed)
     assert bad.counts["chat"] == 12  # two tries each
     good = fake_api()
-    assert dg("generate", "--input", rows, "--output", out, *flags(good)) == 0
+    assert dg("generate", "--input", rows, "--output", out, *flags(good)) == 4  # still not every row done
     assert good.counts["chat"] == 0  # failed rows are not retried unless asked
     assert dg("generate", "--input", rows, "--output", out, "--retry-failed", *flags(good)) == 0
     assert good.counts["chat"] == 6 and len(jsonl(out)) == 6
@@ -73,7 +73,7 @@ def test_invalid_labels_fail_with_the_reason_and_retry_failed_redoes_them(fake_a
 def test_rerun_skips_done_rows(fake_api, rows_file, dg, flags, jsonl, tmp_path):
     server = fake_api()
     rows, out = rows_file(12, fmt="jsonl"), tmp_path / "thoughts.jsonl"
-    assert dg("generate", "--input", rows, "--output", out, "--limit", 5, *flags(server)) == 0
+    assert dg("generate", "--input", rows, "--output", out, "--limit", 5, *flags(server)) == 3  # more to do
     assert len(jsonl(out)) == 5
     assert dg("generate", "--input", rows, "--output", out, *flags(server)) == 0
     done = _ids(jsonl(out))
@@ -111,8 +111,8 @@ def test_api_key_never_in_outputs_or_logs(fake_api, rows_file, dg, flags, tmp_pa
     caplog.set_level(logging.DEBUG)
     server = fake_api(rate_500=0.2, rate_bad_json=0.2)
     out = tmp_path / "out" / "thoughts.jsonl"
-    assert dg("generate", "--input", rows_file(10), "--output", out, "-v", *flags(server, max_retries=1, max_tries=1)) == 0
-    assert dg("reflect", "--input", out, "--output", tmp_path / "out" / "reflected.jsonl", "-v", *flags(server)) == 0
+    assert dg("generate", "--input", rows_file(10), "--output", out, "-v", *flags(server, max_retries=1, max_tries=1)) in (0, 4)
+    assert dg("reflect", "--input", out, "--output", tmp_path / "out" / "reflected.jsonl", "-v", *flags(server)) in (0, 4)
     assert server.counts["chat"] > 0 and server.counts["unauthorized"] == 0  # the key was sent
     captured = capsys.readouterr()
     texts = [captured.out, captured.err, caplog.text] + [p.read_text() for p in (tmp_path / "out").iterdir()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,20 @@ def test_pending_skips_done_rows_and_failed_ones_unless_asked(tmp_path):
     assert set(store.done) == {"r0", "r1"} and not store.failed  # a later success supersedes the failure
 
 
-def test_a_done_row_cannot_be_written_twice(tmp_path):
+def test_a_done_row_is_written_once_and_a_repeat_is_counted_not_fatal(tmp_path):
     store = RowStore(tmp_path / "t.jsonl")
-    store.write_done(done_record(_row(0), {}, {}))
-    with pytest.raises(RuntimeError, match="already done"):
-        store.write_done(done_record(_row(0), {}, {}))
+    store.write_done(done_record(_row(0), {"x": 1}, {}))
+    store.write_done(done_record(_row(0), {"x": 2}, {}))
+    store.close()
+    assert store.duplicates == 1
+    assert [json.loads(line)["x"] for line in (tmp_path / "t.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_journal_with_duplicated_ids_is_read_keeping_the_first(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 1}\n{"id": "a", "x": 2}\n', encoding="utf-8")
+    store = RowStore(path)
+    assert store.done["a"]["x"] == 1 and set(store.done) == {"a", "b"} and store.duplicates == 1
 
 
 def test_results_from_changed_input_are_refused(tmp_path):
