@@ -93,7 +93,7 @@ def write_random_model(config, folder: Path, device: torch.device, seed: int = 0
     from safetensors.torch import save_file
     from transformers import MistralForCausalLM
 
-    from nlicot.tiny import resolve_model_path
+    from nlicot.hub import resolve_model_path
 
     with torch.device("meta"):
         shapes = {name: t.shape for name, t in MistralForCausalLM(config).state_dict().items()}
@@ -216,7 +216,7 @@ def run_trl(model_dir: str, corpus: str, args: argparse.Namespace, best: dict[st
 
     from nlicot import prompt
     from nlicot.corpus import load_rows
-    from nlicot.tiny import load_tokenizer
+    from nlicot.hub import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     rows = load_rows(corpus)

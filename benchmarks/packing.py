@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the cold setup call")
     args = parser.parse_args()
 
-    from nlicot.tiny import load_v3_tokenizer, resolve_model_path
+    from nlicot.hub import load_v3_tokenizer, resolve_model_path
 
     # The tokenizer folder is resolved in the checkout's cache; the data cache below starts empty.
     tokenizer_path = resolve_model_path("tiny")

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, GenerationConfig  # noqa: E402
 
 from nlicot.generation import DEFAULT_BATCH_SIZE, generate_batched  # noqa: E402
+from nlicot.hub import load_tokenizer, resolve_model_path  # noqa: E402
 from nlicot.prompt import encode_prompts  # noqa: E402
-from nlicot.tiny import load_tokenizer, resolve_model_path  # noqa: E402
 
 TARGET = 5.0
 

@@ -108,8 +108,8 @@ def run_nlicot(data: Path, out: Path, warmup: int, steps: int, tmp: Path) -> Non
 def token_ids(data: Path) -> tuple[list[list[int]], list[list[int]]]:
     """Prompt and answer ids of every row, through nlicot's one template (what TRL is given too)."""
     from nlicot.corpus import load_rows
+    from nlicot.hub import load_tokenizer
     from nlicot.prompt import encode_answers, encode_prompts
-    from nlicot.tiny import load_tokenizer
 
     tokenizer = load_tokenizer("tiny")
     rows = load_rows(str(data))
@@ -155,8 +155,8 @@ def run_trl(data: Path, out: Path, warmup: int, steps: int, tmp: Path, packed: b
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from nlicot.hub import load_tokenizer, resolve_model_path
     from nlicot.packing import IGNORE_INDEX
-    from nlicot.tiny import load_tokenizer, resolve_model_path
 
     meter = _Meter()
 

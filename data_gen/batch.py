@@ -169,7 +169,7 @@ class _BatchRun:
                 self.stop = "budget"
                 # A workflow may end with what it has (score keeps its best thought); otherwise the row is left
                 # pending and starts afresh in a later run. No new request is sent either way.
-                self._advance(item, lambda: item.workflow.throw(e))
+                self._advance(item, lambda: item.workflow.throw(e))  # noqa: F821 - called at once, e is bound
                 self.active.pop(rid, None)
                 continue
             self.reserved[rid] = bound

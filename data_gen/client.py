@@ -185,7 +185,7 @@ class MistralClient:
         self._down_event = asyncio.Event()
 
     @classmethod
-    def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> "MistralClient":
+    def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> MistralClient:
         return cls(
             api_key=api_key,
             server_url=cfg.server_url,
@@ -200,7 +200,7 @@ class MistralClient:
             outage_s=cfg.outage_s,
         )
 
-    async def __aenter__(self) -> "MistralClient":
+    async def __aenter__(self) -> MistralClient:
         pool = self._concurrency + 4  # a few spare connections for batch polling
         self._http = httpx2.AsyncClient(
             follow_redirects=True, limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool)

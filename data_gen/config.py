@@ -22,7 +22,7 @@ from data_gen.errors import ConfigError
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
 
 
-def opt(default: Any, help: str) -> Any:
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - the argparse name
     """A dataclass field whose help text is shown by ``--help``."""
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})

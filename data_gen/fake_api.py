@@ -96,7 +96,7 @@ class FakeMistral:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FakeMistral":
+    def start(self) -> FakeMistral:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-mistral", daemon=True)
         self._thread.start()
         return self
@@ -107,7 +107,7 @@ class FakeMistral:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> "FakeMistral":
+    def __enter__(self) -> FakeMistral:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

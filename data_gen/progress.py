@@ -42,7 +42,7 @@ class RowProgress:
             )
             self._task = self._bar.add_task(stage, total=total, rate=0.0, gbp=ledger.spent, failed=0)
 
-    def __enter__(self) -> "RowProgress":
+    def __enter__(self) -> RowProgress:
         if self._bar is not None:
             self._bar.start()
         return self

@@ -250,6 +250,25 @@ def pretraining_text(cfg: SynthConfig, size: int, seed: int) -> Iterator[str]:
         yield f"Premise: {pair.premise}\nHypothesis: {pair.hypothesis}"
 
 
+def shuffle_labels(rows: list[dict], seed: int = 0) -> list[dict]:
+    """The control corpus: (label, thought) pairs permuted among the rows of each phenomenon.
+
+    The thought moves with its label, so it stays consistent with the label but no longer with the premise:
+    nothing left in a row tells its label, and a model trained on it must stay at chance.
+    """
+    rng = random.Random(seed)
+    out = [dict(r) for r in rows]
+    by_kind: dict[str, list[int]] = {}
+    for i, r in enumerate(out):
+        by_kind.setdefault(r["phenomenon"], []).append(i)
+    for idx in by_kind.values():
+        moved = [(out[i]["label"], out[i]["thought_process"]) for i in idx]
+        rng.shuffle(moved)
+        for i, (label, thought) in zip(idx, moved, strict=True):
+            out[i]["label"], out[i]["thought_process"] = label, thought
+    return out
+
+
 def run(cfg: SynthConfig) -> int:
     """Write ``out_dir/{train,val,test}.jsonl`` (each atomically); 0 on success, 2 on a bad config."""
     try:

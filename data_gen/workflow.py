@@ -62,7 +62,7 @@ class Reply:
         return {"text": self.text, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "model": self.model}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Reply":
+    def from_json(cls, d: dict[str, Any]) -> Reply:
         return cls(d["text"], int(d["prompt_tokens"]), int(d["completion_tokens"]), d["model"])
 
 

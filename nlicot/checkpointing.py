@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +12,16 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from nlicot import prompt
-from nlicot.atomic import atomic_write
+from nlicot.atomic import atomic_dir, atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary file in the same folder, fsync, then rename over the target.
 
-    Lightning writes checkpoints in place, so a kill during the write of ``last.ckpt`` would destroy the
-    only resumable state. Here the old file stays whole until the new one is complete.
+    Lightning (2.6, through fsspec) writes to a temp file in ``$TMPDIR`` and then *moves* it: when ``$TMPDIR``
+    is another filesystem (tmpfs, a node-local scratch disk) the move is a copy into the truncated target, so a
+    kill during it destroys the only resumable state (tested). Here the temp file sits beside the target, is
+    fsync'd and renamed: the old file stays whole until the new one is complete.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
@@ -33,9 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def write_adapter(pl_module: L.LightningModule, folder: Path) -> None:
     """A self-describing PEFT adapter folder: ``PeftModel.from_pretrained(base, folder)`` loads it, and
     ``nlicot.json`` records the base model, the hyperparameters and the prompt template it was trained with."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder, replace=True) as tmp:
         pl_module.model.save_pretrained(tmp)
         pl_module.tokenizer.save_pretrained(tmp)
         meta = {
@@ -46,18 +44,23 @@ def write_adapter(pl_module: L.LightningModule, folder: Path) -> None:
             "global_step": pl_module.global_step,
         }
         (tmp / "nlicot.json").write_text(json.dumps(meta, indent=2, default=str))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class AdapterExport(L.Callback):
-    """Keep ``<checkpoint dir>/adapter`` in step with the newest checkpoint (rank zero only)."""
+    """Keep ``<checkpoint dir>/adapter`` in step with the newest checkpoint (rank zero only).
+
+    ``save_last`` saves twice at one step (``stepN.ckpt`` and ``last.ckpt``) with the same weights; the
+    folder is written once per optimizer step.
+    """
+
+    def __init__(self) -> None:
+        self._written_step: int | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if trainer.is_global_zero and trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-            write_adapter(pl_module, Path(trainer.checkpoint_callback.dirpath) / "adapter")
+        callback = trainer.checkpoint_callback
+        if not (trainer.is_global_zero and callback is not None and callback.dirpath):
+            return
+        if self._written_step == trainer.global_step:
+            return
+        write_adapter(pl_module, Path(callback.dirpath) / "adapter")
+        self._written_step = trainer.global_step

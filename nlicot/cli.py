@@ -2,11 +2,19 @@
 
 What this adds to plain LightningCLI, and why:
 * data and model share one tokenizer and one packing switch (linked arguments, not two settings to keep equal);
-* checkpoints go to a fixed ``checkpoint.dirpath`` so ``--ckpt_path last`` finds them after a crash, written
-  atomically, every ``checkpoint.every_n_train_steps`` optimizer steps, with a PEFT adapter folder beside them;
+* one run folder: ``trainer.default_root_dir`` (default ``lightning_logs``) / the logger's name holds the
+  TensorBoard versions, ``checkpoints/`` and ``predictions/`` unless ``checkpoint.dirpath``, the logger's
+  ``save_dir`` or ``predictions.output_dir`` are set explicitly, so one flag moves a whole run and
+  ``--ckpt_path last`` finds it again;
+* checkpoints are written atomically every ``checkpoint.every_n_train_steps`` optimizer steps, with a PEFT
+  adapter folder beside them;
+* from a checkpoint (a file or ``last``) only the arguments that define the trained model are taken; every
+  other model flag on the command line stays in force;
 * a fresh ``fit`` refuses to overwrite an earlier run's checkpoints, and ``--ckpt_path last`` with nothing to
   resume is an error, not a silent restart from scratch;
-* known input / setup errors print one ``error:`` line and exit non-zero, without a traceback.
+* ``predict`` starts no TensorBoard version (it logs nothing); its ``config.yaml`` lands in the predictions folder;
+* known input / setup errors print one ``error:`` line and exit non-zero, without a traceback; a ``fit``
+  stopped by SIGTERM exits 143 (128 + 15, the shell's convention) after Lightning's graceful shutdown.
 """
 
 from __future__ import annotations
@@ -14,23 +22,30 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
 from nlicot.evaluation import PredictionWriter
-from nlicot.grpo import GRPOSettingsError
-from nlicot.model import NLICoTModule, NonFiniteLossError, PackingIsolationError
+from nlicot.hub import UnknownModelError
+from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
 from nlicot.prompt import TemplateTokenError
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
 ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
+#: Where runs go when ``trainer.default_root_dir`` is not given.
+DEFAULT_ROOT = "lightning_logs"
+#: Exit status of a run stopped by SIGTERM (resumable with ``--ckpt_path last``).
+EXIT_SIGTERM = 143
 
 
 class UsageError(RuntimeError):
@@ -39,45 +54,53 @@ class UsageError(RuntimeError):
 
 class NLICoTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        # Subclass mode (model.class_path / data.class_path, e.g. nlicot.grpo.*): links address init_args.
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
-        parser.link_arguments("data.init_args.packing", "model.init_args.packing")
+        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+        parser.link_arguments("data.packing", "model.packing")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationEval, "generation_eval")
         parser.set_defaults(
             {
-                "checkpoint.dirpath": "lightning_logs/nlicot/checkpoints",
+                "checkpoint.dirpath": None,  # <run folder>/checkpoints, see place_run
                 "checkpoint.filename": "step{step:06d}",
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.every_n_train_steps": 50,
                 "checkpoint.save_last": True,
                 "checkpoint.save_top_k": 1,
+                "predictions.output_dir": None,  # <run folder>/predictions
+                "trainer.default_root_dir": DEFAULT_ROOT,
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "lightning_logs", "name": "nlicot", "default_hp_metric": False},
+                    # save_dir left at DEFAULT_ROOT follows trainer.default_root_dir (see place_run)
+                    "init_args": {"save_dir": DEFAULT_ROOT, "name": "nlicot", "default_hp_metric": False},
                 },
             }
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """From a checkpoint take what defines the trained model; keep everything else from the command line.
+    def parse_arguments(self, parser, args) -> None:
+        """Keep the command line's model arguments: LightningCLI replaces all of them by a checkpoint file's,
+        silently discarding flags such as ``--model.max_new_tokens`` at predict time."""
+        super().parse_arguments(parser, args)
+        self.requested = self.config.clone()
 
-        Plain LightningCLI replaces *all* model arguments by the checkpoint's, silently discarding flags such as
-        ``--model.max_new_tokens`` at predict time or ``--model.rewarm_on_extend`` on resume.
-        """
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
-            return
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-        keep = {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
-        if keep:
-            self.config = self.parser.parse_object({subcommand: {"model": {"init_args": keep}}}, self.config)
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        config = self.config[subcommand]
+        place_run(config)
+        if subcommand == "predict":  # it logs nothing; its config.yaml goes beside the predictions it explains
+            config.trainer.logger = False
+            config.trainer.default_root_dir = config.predictions.output_dir
+        config.model = self.requested[subcommand].model.clone()
+        ckpt = checkpoint_file(config)
+        if ckpt is not None:
+            saved = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            keep = {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
+            if keep:
+                self.config = self.parser.parse_object({subcommand: {"model": keep}}, self.config)
 
-    def instantiate_trainer(self, **kwargs):
+    def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
-        config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init[self.subcommand]["trainer"]
         kwargs["plugins"] = [*_as_list(config.get("plugins")), AtomicCheckpointIO()]
         callbacks = [*_as_list(config.get("callbacks")), AdapterExport(), TrainingRNG(), ThroughputLog(), DataReport()]
         if config.get("enable_progress_bar") is not False:
@@ -92,10 +115,40 @@ class NLICoTCLI(LightningCLI):
         if ckpt_path is None and existing:
             raise UsageError(
                 f"{ckpt_dir} already holds checkpoints of an earlier run ({existing[-1].name}, …). "
-                "Resume it with --ckpt_path last, or start a new run with another --checkpoint.dirpath."
+                "Resume it with --ckpt_path last, or start a new run with another --trainer.default_root_dir."
             )
         if ckpt_path == "last" and not (ckpt_dir / "last.ckpt").is_file():
             raise UsageError(f"--ckpt_path last: there is no {ckpt_dir / 'last.ckpt'} to resume from")
+
+
+def place_run(config: Namespace) -> None:
+    """Fill the unset output paths from ``trainer.default_root_dir`` and the logger's name (the run folder).
+
+    The logger's ``save_dir`` must be a path for the config to validate, so its default ``lightning_logs`` is
+    read as "not set" (a TensorBoard ``save_dir`` elsewhere is kept as given).
+    """
+    root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+    logger = config.trainer.get("logger")
+    args = logger.get("init_args") if isinstance(logger, Namespace) else None
+    name = None
+    if args is not None:
+        if args.get("save_dir") in (None, DEFAULT_ROOT):
+            args.save_dir = str(root)
+        name = args.get("name")
+    run = root / name if name else root
+    if config.checkpoint.dirpath is None:
+        config.checkpoint.dirpath = str(run / "checkpoints")
+    if config.predictions.output_dir is None:
+        config.predictions.output_dir = str(run / "predictions")
+
+
+def checkpoint_file(config: Namespace) -> Path | None:
+    """The file ``ckpt_path`` names (``last`` = the run folder's ``last.ckpt``), or None if there is none."""
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path:
+        return None
+    path = Path(config.checkpoint.dirpath) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    return path if path.is_file() else None
 
 
 def _as_list(value) -> list:
@@ -109,15 +162,17 @@ def main(args: list[str] | None = None) -> None:
             NLICoTModule,
             NLICoTDataModule,
             args=args,
-            subclass_mode_model=True,  # configs without class_path get NLICoTModule / NLICoTDataModule
-            subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "log_every_n_steps": 1,
                 "use_distributed_sampler": False,  # our sampler shards by rank and knows accumulation
             },
         )
-    except (CorpusError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError, UsageError,
-            TemplateTokenError, GRPOSettingsError) as e:
+    except SIGTERMException:
+        print("error: stopped by SIGTERM; resume with --ckpt_path last (from the last periodic checkpoint)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_SIGTERM) from None
+    except (CorpusError, CheckpointMismatchError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError,
+            UsageError, TemplateTokenError, UnknownModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None

@@ -151,12 +151,32 @@ def load_rows(
 
 
 def source_fingerprint(source: str) -> str:
-    """Content hash of a file source (so an edited file invalidates caches); the name for anything else."""
-    path = Path(source)
-    if path.is_file():
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    """What a cache built from ``source`` must be keyed by, so that changed data is never served stale.
+
+    A file or a saved ``datasets`` folder: the bytes of every file in it (re-saving a folder under the same
+    name changes the key). A hub name: the dataset's resolved revision (``datasets`` keys its own cache by the
+    commit hash, or by the data files for a local folder); if that cannot be resolved (offline, no cache), the
+    name itself, which ``data.cache=false`` bypasses.
+    """
+    name, split = source, ""
+    if not Path(source).is_file():  # ``name#split`` (see _read_datasets)
+        name, _, split = source.partition("#")
+    path = Path(name)
+    if path.is_file() or path.is_dir():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        h = hashlib.sha256(split.encode())
+        for file in files:
+            h.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            with file.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
         return h.hexdigest()
-    return hashlib.sha256(source.encode()).hexdigest()
+    if path.suffix in (".jsonl", ".json", ".csv"):  # a missing file: loading reports it
+        return hashlib.sha256(source.encode()).hexdigest()
+    try:
+        import datasets
+
+        builder = datasets.load_dataset_builder(name)
+        return hashlib.sha256(f"{source}@{builder.config_id}@{builder.hash}".encode()).hexdigest()
+    except Exception:  # resolution fails exactly where loading will report why; the key then falls back to the name
+        return hashlib.sha256(source.encode()).hexdigest()

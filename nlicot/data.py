@@ -12,12 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -26,9 +22,10 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from nlicot import prompt
+from nlicot.atomic import atomic_dir
 from nlicot.corpus import CorpusError, load_rows, source_fingerprint
+from nlicot.hub import cache_root, load_tokenizer
 from nlicot.packing import Example, PackBatchSampler, collate_packs, pack_examples
-from nlicot.tiny import cache_root, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +161,9 @@ def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use
         return TokenizedSplit(datasets.load_from_disk(str(folder / "examples")), meta["packs"], meta["stats"])
     result = build_split(source, split, tokenizer, **settings)
     if use_cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:  # DDP ranks (or two runs) building the same content: the first one's stays
             result.examples.save_to_disk(str(tmp / "examples"))
             (tmp / "packs.json").write_text(json.dumps({"packs": result.packs, "stats": result.stats}))
-            try:
-                os.replace(tmp, folder)
-            except OSError:  # DDP ranks (or two runs) built the same content at once: the first one's stays
-                if not (folder / "packs.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         result = TokenizedSplit(datasets.load_from_disk(str(folder / "examples")), result.packs, result.stats)
     return result
 

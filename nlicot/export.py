@@ -8,46 +8,33 @@ error of the base (the usual QLoRA trade-off); ``--merge false`` writes the adap
 
 from __future__ import annotations
 
-import inspect
-import shutil
+import json
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
+from nlicot.atomic import atomic_dir
 from nlicot.checkpointing import write_adapter
 from nlicot.model import NLICoTModule
 
 
 def load_module(ckpt_path: str | None, adapter_path: str | None, model_name_or_path: str | None,
                 quantization: str, dtype: str) -> NLICoTModule:
-    """Rebuild the module from a checkpoint's hyperparameters (or an adapter folder) with the trained adapter."""
+    """The trained module from a checkpoint (Lightning's ``load_from_checkpoint``) or from an adapter folder."""
     if (ckpt_path is None) == (adapter_path is None):
         raise ValueError("give exactly one of --ckpt_path (nlicot checkpoint) or --adapter_path (PEFT folder)")
+    overrides = {"quantization": quantization, "compute_dtype": dtype, "gradient_checkpointing": False}
+    if model_name_or_path:
+        overrides["model_name_or_path"] = model_name_or_path
     if ckpt_path is not None:
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        accepted = inspect.signature(NLICoTModule).parameters
-        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k in accepted}
-    else:
-        if not (Path(adapter_path) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter_path}: no adapter_config.json (not a PEFT adapter folder)")
-        checkpoint, hparams = None, {"adapter_path": adapter_path}
-        if model_name_or_path is None:
-            import json
-
-            model_name_or_path = json.loads((Path(adapter_path) / "adapter_config.json").read_text())[
-                "base_model_name_or_path"]
-    hparams.update(quantization=quantization, compute_dtype=dtype, gradient_checkpointing=False)
-    if model_name_or_path:
-        hparams["model_name_or_path"] = model_name_or_path
-    module = NLICoTModule(**hparams)
+        return NLICoTModule.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides).eval()
+    config = Path(adapter_path) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{adapter_path}: no adapter_config.json (not a PEFT adapter folder)")
+    overrides.setdefault("model_name_or_path", json.loads(config.read_text())["base_model_name_or_path"])
+    module = NLICoTModule(adapter_path=adapter_path, **overrides)
     module.configure_model()
-    if checkpoint is not None:
-        module.on_load_checkpoint(checkpoint)
-        module.load_state_dict(checkpoint["state_dict"], strict=False)
     return module.eval()
 
 
@@ -77,16 +64,11 @@ def export(
     if not merge:
         write_adapter(module, out)
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         merged = module.model.merge_and_unload()
         merged.config.use_cache = True
         merged.save_pretrained(tmp)
         module.tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

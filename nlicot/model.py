@@ -25,9 +25,9 @@ from torchmetrics import MeanMetric
 
 from nlicot import evaluation
 from nlicot.generation import generate_batched, sample_chains
+from nlicot.hub import load_tokenizer, resolve_model_path
 from nlicot.packing import IGNORE_INDEX, block_causal_mask
 from nlicot.schedule import WarmupCosine
-from nlicot.tiny import load_tokenizer, resolve_model_path
 
 #: Nucleus mass: 0 < top_p <= 1 (checked by the CLI parser, like the other positive generation settings).
 TopP = restricted_number_type("TopP", float, [(">", 0), ("<=", 1)])
@@ -38,6 +38,10 @@ ISOLATING = {"sdpa": "bool 4-D mask", "eager": "additive 4-D mask", "flash_atten
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: training stops; the last checkpoint written before it stays usable."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's adapter does not fit this model (other LoRA settings or another base)."""
 
 
 class PackingIsolationError(RuntimeError):
@@ -362,10 +366,15 @@ class NLICoTModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model is None:
             self.configure_model()
-        missing = set(self.adapter_state_dict()) - set(checkpoint["state_dict"])
-        if missing:
-            raise ValueError(
-                f"checkpoint lacks {len(missing)} adapter tensors (e.g. {sorted(missing)[0]}): it was made with "
-                "other LoRA settings (r, target_modules) or another base model"
+        own, saved = self.adapter_state_dict(), checkpoint["state_dict"]
+        missing = sorted(set(own) - set(saved))
+        reshaped = sorted(k for k in own.keys() & saved.keys() if own[k].shape != saved[k].shape)
+        if missing or reshaped:
+            example = (f"lacks {len(missing)} adapter tensors (e.g. {missing[0]})" if missing else
+                       f"holds {reshaped[0]} as {tuple(saved[reshaped[0]].shape)}, this model needs "
+                       f"{tuple(own[reshaped[0]].shape)}")
+            raise CheckpointMismatchError(
+                f"checkpoint {example}: it was made with other LoRA settings (lora_r, target_modules) or another "
+                "base model"
             )
 

@@ -50,7 +50,7 @@ class SpecialIds:
     inst_end: int
 
     @classmethod
-    def of(cls, tokenizer) -> "SpecialIds":
+    def of(cls, tokenizer) -> SpecialIds:
         inst, inst_end = tokenizer.convert_tokens_to_ids(["[INST]", "[/INST]"])
         unk = tokenizer.unk_token_id
         if inst in (None, unk) or inst_end in (None, unk):

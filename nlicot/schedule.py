@@ -34,7 +34,7 @@ class Plan:
     anchor_factor: float = 1.0
 
     @classmethod
-    def initial(cls, warmup_steps: int, total: int, floor: float) -> "Plan":
+    def initial(cls, warmup_steps: int, total: int, floor: float) -> Plan:
         return cls(total=total, floor=floor, anchor=min(warmup_steps, total))
 
     def factor(self, step: int) -> float:
@@ -46,7 +46,7 @@ class Plan:
         progress = min(1.0, (step - self.anchor) / (self.total - self.anchor))
         return self.floor + (self.anchor_factor - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def extended(self, step: int, total: int, warmup_steps: int, rewarm: bool) -> "Plan":
+    def extended(self, step: int, total: int, warmup_steps: int, rewarm: bool) -> Plan:
         """The plan after resuming at ``step`` with a new ``total``; continuous at ``step`` unless ``rewarm``."""
         now = self.factor(step)
         if rewarm:

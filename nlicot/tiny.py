@@ -1,29 +1,24 @@
 """An offline stand-in for Mistral-7B-v0.3: a tiny random-weight ``MistralForCausalLM`` with the *real* v3 tokenizer.
 
 Why: this workplace (and many CI machines) has no model hub. Everything that takes a hub id or a local path
-also takes the name ``tiny``; :func:`resolve_model_path` builds the folder once into a cache and returns its path,
-so the real loading code (``from_pretrained``, bitsandbytes quantization, peft) is exercised unchanged.
+also takes the name ``tiny`` (resolved in :mod:`nlicot.hub`, which builds the folder once into a cache), so the
+real loading code (``from_pretrained``, bitsandbytes quantization, peft) is exercised unchanged.
 The tokenizer is the one mistral-common ships for Mistral-7B-v0.3 (32,768 tokens), so token counts, prompt
 ids and length filters are the real ones; only the weights are random.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from nlicot.hub import load_v3_tokenizer
 
 TINY_NAME = "tiny"
 #: Bump when the recipe below changes so stale caches are rebuilt, never reused.
 TINY_VERSION = 3
 TINY_SEED = 1234
 _TOKENIZER_FILE = "mistral_instruct_tokenizer_240323.model.v3"
-
-
-def cache_root() -> Path:
-    """Where built artefacts live: ``$NLICOT_CACHE`` or ``~/.cache/nlicot``."""
-    return Path(os.environ.get("NLICOT_CACHE", Path.home() / ".cache" / "nlicot"))
 
 
 def tiny_config_kwargs() -> dict:
@@ -56,64 +51,19 @@ def mistral_v3_tokenizer_file() -> Path:
     return path
 
 
-def load_v3_tokenizer(folder: str | Path):
-    """Load a Mistral v3 tokenizer folder with the settings that match mistral-common's own encoding.
-
-    ``legacy=False`` stops the converted sentencepiece tokenizer from inserting a stray ``▁`` after special
-    tokens; the prompt ids are then identical to ``MistralTokenizer.encode_chat_completion`` (tested).
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder), legacy=False)
-    if tok.pad_token_id is None:
-        # Padding never reaches the loss (labels are -100 there); EOS is what Mistral fine-tunes use.
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def build_tiny(dest: Path) -> Path:
-    """Write the tiny model + tokenizer to ``dest`` atomically (temp folder, then rename)."""
+def build_tiny(folder: Path) -> None:
+    """Write the tiny model + tokenizer into the empty ``folder`` (the caller makes that atomic)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=dest.parent))
-    try:
-        shutil.copyfile(mistral_v3_tokenizer_file(), tmp / "tokenizer.model")
-        tokenizer = load_v3_tokenizer(tmp)
-        tokenizer.save_pretrained(tmp)  # adds tokenizer.json beside tokenizer.model, as on the hub
-        torch.manual_seed(TINY_SEED)
-        model = MistralForCausalLM(MistralConfig(**tiny_config_kwargs()))
-        # A wide output head (logit std ~2.4 instead of ~0.16) so that a LoRA on the attention can move the
-        # output distribution: with the usual 0.02 everywhere the frozen random head pins every run near
-        # ln(32768) and the demo shows nothing. Only the head: a wide body would amplify float noise.
-        torch.nn.init.normal_(model.lm_head.weight, std=0.3)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process won the race: its folder is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map ``tiny`` / ``tiny-*`` to its cached folder (building it on first use); pass hub ids and paths through."""
-    if name_or_path.startswith("tiny-"):  # the pretrained offline bases (nlicot/tiny_lm.py)
-        from nlicot import tiny_lm
-
-        return tiny_lm.resolve(name_or_path)
-    if name_or_path != TINY_NAME:
-        return name_or_path
-    dest = cache_root() / f"tiny-mistral-v3-{TINY_VERSION}"
-    if not (dest / "config.json").is_file():
-        build_tiny(dest)
-    return str(dest)
-
-
-def load_tokenizer(name_or_path: str):
-    """The tokenizer for a model name, hub id or folder, with the pad token set."""
-    return load_v3_tokenizer(resolve_model_path(name_or_path))
+    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
+    tokenizer = load_v3_tokenizer(folder)
+    tokenizer.save_pretrained(folder)  # adds tokenizer.json beside tokenizer.model, as on the hub
+    torch.manual_seed(TINY_SEED)
+    model = MistralForCausalLM(MistralConfig(**tiny_config_kwargs()))
+    # A wide output head (logit std ~2.4 instead of ~0.16) so that a LoRA on the attention can move the
+    # output distribution: with the usual 0.02 everywhere the frozen random head pins every run near
+    # ln(32768) and the demo shows nothing. Only the head: a wide body would amplify float noise.
+    torch.nn.init.normal_(model.lm_head.weight, std=0.3)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)

@@ -12,21 +12,19 @@ no labels or thoughts in the text). Hypotheses repeat words of their premise, wh
 Cost: only the few hundred tokens the text uses get an output row; every other row of the 32,768-token head
 is zero and stays zero, so the exact full-vocabulary softmax is the used rows plus one constant logit
 ``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining to about a minute on 2 cores.
-Deterministic (fixed seeds, one thread order) and cached atomically under ``nlicot.tiny.cache_root()``.
+Deterministic (fixed seeds, one thread order) and cached atomically under ``nlicot.hub.cache_root()``.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nlicot.tiny import cache_root, load_v3_tokenizer, mistral_v3_tokenizer_file, tiny_config_kwargs
-
-PREFIX = "tiny-"
+from nlicot.hub import load_v3_tokenizer
+from nlicot.tiny import mistral_v3_tokenizer_file, tiny_config_kwargs
 
 
 @dataclass(frozen=True)
@@ -55,20 +53,9 @@ RECIPES = {
 }
 
 
-def is_pretrained_name(name: str) -> bool:
-    """Names this module builds (``tiny-nli``); plain ``tiny`` stays the random base of nlicot.tiny."""
-    return name in RECIPES
-
-
-def resolve(name: str) -> str:
-    """The cached folder of ``name``, pretrained on first use."""
-    recipe = RECIPES.get(name)
-    if recipe is None:
-        raise ValueError(f"unknown model name {name!r}: choose tiny, {', '.join(RECIPES)}, a hub id or a folder")
-    dest = cache_root() / f"{name}-mistral-v3-{recipe.version}"
-    if not (dest / "config.json").is_file():
-        build(recipe, dest)
-    return str(dest)
+def folder_name(name: str) -> str:
+    """The cache folder of ``name``: it carries the recipe's version, so a changed recipe is rebuilt."""
+    return f"{name}-mistral-v3-{RECIPES[name].version}"
 
 
 def _pretraining_batches(tokenizer, recipe: Recipe):
@@ -132,33 +119,22 @@ def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 100) -> list[flo
     return losses
 
 
-def build(recipe: Recipe, dest: Path) -> Path:
-    """Build + pretrain + save ``dest`` atomically (temp folder, then rename)."""
+def build(recipe: Recipe, folder: Path) -> None:
+    """Build + pretrain + save into the empty ``folder`` (``nlicot.hub`` makes it atomic)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        shutil.copyfile(mistral_v3_tokenizer_file(), tmp / "tokenizer.model")
-        tokenizer = load_v3_tokenizer(tmp)
-        tokenizer.save_pretrained(tmp)
-        kwargs = tiny_config_kwargs() | dict(
-            hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
-            num_hidden_layers=recipe.num_hidden_layers, num_attention_heads=recipe.num_attention_heads,
-            num_key_value_heads=recipe.num_key_value_heads,
-            head_dim=recipe.hidden_size // recipe.num_attention_heads,
-        )
-        torch.manual_seed(recipe.seed)
-        model = MistralForCausalLM(MistralConfig(**kwargs))
-        pretrain(model, tokenizer, recipe)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process won the race: its folder is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
+    tokenizer = load_v3_tokenizer(folder)
+    tokenizer.save_pretrained(folder)
+    kwargs = tiny_config_kwargs() | {
+        "hidden_size": recipe.hidden_size, "intermediate_size": recipe.intermediate_size,
+        "num_hidden_layers": recipe.num_hidden_layers, "num_attention_heads": recipe.num_attention_heads,
+        "num_key_value_heads": recipe.num_key_value_heads,
+        "head_dim": recipe.hidden_size // recipe.num_attention_heads,
+    }
+    torch.manual_seed(recipe.seed)
+    model = MistralForCausalLM(MistralConfig(**kwargs))
+    pretrain(model, tokenizer, recipe)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)

@@ -23,13 +23,13 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
-    from nlicot.tiny import resolve_model_path
+    from nlicot.hub import resolve_model_path
 
     return resolve_model_path("tiny")
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from nlicot.tiny import load_tokenizer
+    from nlicot.hub import load_tokenizer
 
     return load_tokenizer("tiny")

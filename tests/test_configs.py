@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import dict_to_namespace
 
-from nlicot.cli import main
+from nlicot.cli import main, place_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
@@ -23,7 +24,9 @@ def resolved(*configs: str) -> dict:
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
         main([*args, "--print_config"])
     assert done.value.code in (0, None)
-    return yaml.safe_load(out.getvalue())
+    config = dict_to_namespace(yaml.safe_load(out.getvalue()))
+    place_run(config)  # the output paths the CLI derives before it builds anything
+    return config.as_dict()
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -68,3 +71,17 @@ def test_ddp_overlays_keep_the_effective_batch_of_best(overlay, devices):
     assert ddp["checkpoint"]["dirpath"] != best["checkpoint"]["dirpath"]  # never resumes a 1-GPU run's position
     first = (REPO / "configs" / overlay).read_text().splitlines()[0]
     assert first == f"# python -m nlicot fit --config configs/best.yaml --config configs/{overlay}"
+
+
+def test_one_flag_moves_the_whole_run(tmp_path):
+    """checkpoints, TensorBoard and predictions follow --trainer.default_root_dir unless set one by one."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), f"--trainer.default_root_dir={tmp_path}",
+              "--print_config"])
+    config = dict_to_namespace(yaml.safe_load(out.getvalue()))
+    place_run(config)
+    assert config.checkpoint.dirpath == str(tmp_path / "demo" / "checkpoints")
+    assert config.trainer.logger.init_args.save_dir == str(tmp_path)
+    assert config.predictions.output_dir == str(tmp_path / "demo" / "predictions")
+    assert resolved("demo.yaml")["checkpoint"]["dirpath"] == "lightning_logs/demo/checkpoints"  # the default place

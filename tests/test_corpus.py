@@ -76,6 +76,7 @@ def test_predict_inputs_need_no_label_or_thought(tmp_path):
     assert row["label"] is None and row["id"] == "c.jsonl:1"
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_corpus_without_traceback(tmp_path, repo):
     path = write(tmp_path, [json.dumps(GOOD), json.dumps({**GOOD, "id": "b", "label": 3})])
     proc = subprocess.run(

@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from lightning.pytorch.trainer.states import TrainerFn
 
 from nlicot.corpus import CorpusError
@@ -45,6 +44,30 @@ def test_cache_hit_and_invalidation(repo, cache, tokenizer, monkeypatch, tmp_pat
     NLICoTDataModule(train_path=str(edited), micro_batch_size=2).setup("fit")
     assert calls[4:] == ["train"]  # edited content invalidates; no leftover temp folders either
     assert not [p for p in (cache / "data").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (cache / "data").iterdir() if p.name.startswith(".")]
+
+
+def test_cache_follows_a_resaved_datasets_folder(repo, cache, tokenizer, monkeypatch, tmp_path):
+    """A saved `datasets` folder keeps its name when it is saved again: the cache key is its content."""
+    import json
+    import shutil
+
+    import datasets
+
+    import nlicot.data as data
+
+    monkeypatch.setattr(data, "load_tokenizer", lambda name: tokenizer)
+    rows = [json.loads(line) for line in (repo / "data/demo/train.jsonl").read_text().splitlines() if line.strip()]
+    folder = tmp_path / "corpus_ds"
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    first = NLICoTDataModule(train_path=str(folder), micro_batch_size=2)
+    first.setup("fit")
+    assert first.stats()["train"]["examples"] == len(rows)
+    shutil.rmtree(folder)
+    datasets.Dataset.from_list(rows[:50]).save_to_disk(str(folder))
+    again = NLICoTDataModule(train_path=str(folder), micro_batch_size=2)
+    again.setup("fit")
+    assert again.stats()["train"]["examples"] == 50
 
 
 def test_prepare_data_builds_once_and_setup_only_loads(repo, cache, tokenizer, monkeypatch):
@@ -143,7 +166,7 @@ def test_cache_survives_two_ranks_finishing_the_same_split_together(repo, cache,
 
     settings = dict(max_length=512, packing=True, on_overlength="drop", columns=None)
     source = str(repo / "data/demo/val.jsonl")
-    real_replace, raced = os.replace, []
+    real_replace, raced = os.rename, []
 
     def other_rank_renames_first(src, dst):
         if not raced:
@@ -151,7 +174,9 @@ def test_cache_survives_two_ranks_finishing_the_same_split_together(repo, cache,
             data.load_split(source, "val", tokenizer, settings)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(data.os, "replace", other_rank_renames_first)
+    import nlicot.atomic as atomic
+
+    monkeypatch.setattr(atomic.os, "rename", other_rank_renames_first)
     split = data.load_split(source, "val", tokenizer, settings)
     assert raced and len(split.packs) == 9
     assert [p.name for p in cache.joinpath("data").iterdir()] == [raced[0].name]  # one folder, no temp left

@@ -27,6 +27,7 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 COMPOSE = REPO / "docker" / "compose.yaml"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = REPO / "pyproject.toml"
+CONSTRAINTS = REPO / "constraints.txt"
 
 #: Extras the image can install (NLICOT_EXTRAS); their requirements must be pinned like the core ones.
 IMAGE_EXTRAS = ("bench",)
@@ -329,18 +330,44 @@ def test_dependency_install_is_cached_apart_from_the_sources(image: Image) -> No
         "after the sources are copied, pip must not resolve dependencies again (that would defeat the cache)"
 
 
+def constraint_pins() -> dict[str, Version]:
+    """constraints.txt: ``name==version`` per line (comments and blank lines aside)."""
+    pins = {}
+    for number, line in enumerate(CONSTRAINTS.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", f"{CONSTRAINTS}:{number}: {line!r} is not an exact pin"
+            pins[canonicalize_name(requirement.name)] = Version(spec.version)
+    return pins
+
+
 def test_every_runtime_dependency_is_pinned_inside_its_pyproject_range(image: Image, project: dict) -> None:
     install = next(i for i in image.instructions if i.keyword == "RUN" and "pip install" in i.value)
-    pins = {
-        canonicalize_name(name): Version(expand(version, image.args))
-        for name, version in re.findall(r"\"([A-Za-z0-9][\w.\-]*)==([^\"\s]+)\"", install.value)
-    }
+    assert "constraints.txt" in install.value and "--constraint" in install.value, \
+        f"{DOCKERFILE}: pip does not install with {CONSTRAINTS.name}"
+    assert any(c.sources == ["constraints.txt"] for c in image.copies), f"{DOCKERFILE}: constraints.txt is not copied"
+    assert not re.search(r"[\w-]==\d", install.value), f"{DOCKERFILE}: pins belong in {CONSTRAINTS.name}, not here"
+    pins = constraint_pins()
     required = project["dependencies"] + [r for extra in IMAGE_EXTRAS for r in project["optional-dependencies"][extra]]
     for requirement in map(Requirement, required):
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{DOCKERFILE}: {requirement.name} is not pinned"
-        assert pins[name] in requirement.specifier, f"{DOCKERFILE}: {name}=={pins[name]} breaks pyproject {requirement}"
+        assert name in pins, f"{CONSTRAINTS}: {requirement.name} is not pinned"
+        assert pins[name] in requirement.specifier, f"{CONSTRAINTS}: {name}=={pins[name]} breaks pyproject {requirement}"
     assert str(pins["torch"]) in image.base, "torch must be pinned to the build the base image ships"
+
+
+def test_ci_installs_with_the_same_constraints_and_every_pin_fits_pyproject(project: dict) -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"pip install .*(-c|--constraint) constraints\.txt .*-e \"\.\[dev\]\"", ci), \
+        ".ci/run must install with constraints.txt"
+    pins = constraint_pins()
+    ranges = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    for requirement in map(Requirement, ranges):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{CONSTRAINTS}: {requirement.name} (pyproject) is not pinned"
+        assert pins[name] in requirement.specifier, f"{CONSTRAINTS}: {name}=={pins[name]} breaks pyproject {requirement}"
 
 
 def test_runs_as_a_non_root_user_created_in_the_image(image: Image) -> None:

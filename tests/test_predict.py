@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI on a trained checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,7 +85,7 @@ def test_export_merged_equals_adapter_model(trained, tmp_path):
         a = merged(input_ids=ids).logits
         b = unmerged.model(input_ids=ids).logits
     assert (a - b).abs().max() < 1e-3
-    from nlicot.tiny import resolve_model_path
+    from nlicot.hub import resolve_model_path
 
     with torch.no_grad():
         base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny")).eval()(input_ids=ids).logits

@@ -13,7 +13,7 @@ import pytest
 from data_gen import synth
 from nlicot.corpus import load_rows
 
-SMALL = dict(train_size=700, val_size=140, test_size=140)
+SMALL = {"train_size": 700, "val_size": 140, "test_size": 140}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def _rule_label(row: dict) -> int:
     """The label read off the sentences with rules of this test (independent of the generator's code)."""
     p, h = row["premise"], row["hypothesis"]
     kind = row["phenomenon"]
-    words = lambda s: re.findall(r"[A-Za-z]+", s.lower())  # noqa: E731
+    words = lambda s: re.findall(r"[A-Za-z]+", s.lower())
     if kind in ("colour", "time"):
         vocab = synth.COLOURS if kind == "colour" else [d.lower() for d in synth.DAYS]
         return int([w for w in words(p) if w in vocab] == [w for w in words(h) if w in vocab])
@@ -88,7 +88,7 @@ def _rule_label(row: dict) -> int:
         noun_p, noun_h = words(p)[-1], words(h)[-1]
         return int(noun_p in hyponym_of.get(noun_h, ()))
     if kind == "quantifier":
-        q = lambda s: "not all" if s.lower().startswith("not all") else words(s)[0]  # noqa: E731
+        q = lambda s: "not all" if s.lower().startswith("not all") else words(s)[0]
         return int((q(p), q(h)) in {("all", "some"), ("none", "not all")})
     raise AssertionError(kind)
 
@@ -133,7 +133,7 @@ def test_pretraining_text_has_no_labels_or_thoughts_and_only_train_combinations(
     assert held
     for text in texts:
         assert re.fullmatch(r"Premise: [^\n]+\nHypothesis: [^\n]+", text), text
-        assert not re.search(r"entail|step \d|because|label", text, re.I), text
+        assert not re.search(r"entail|step \d|because|label", text, re.IGNORECASE), text
         names = [n for n in synth.NAMES if re.search(rf"\b{n}\b", text)]
         objects = [o for o in synth.OBJECTS if re.search(rf"\b{o}", text)]
         assert any((n, o) in train for n in names for o in objects), text
@@ -157,3 +157,15 @@ def test_committed_files_are_what_the_default_config_writes(tmp_path):
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (repo / f"{split}.jsonl").read_bytes(), split
         first = json.loads((repo / f"{split}.jsonl").read_text().splitlines()[0])
         assert first["source"] == "synthetic"
+
+
+def test_shuffled_control_keeps_thought_with_label_and_breaks_the_signal(splits):
+    rows = splits["train"]
+    shuffled = synth.shuffle_labels(rows, seed=0)
+    assert [r["premise"] for r in shuffled] == [r["premise"] for r in rows]
+    assert Counter((r["phenomenon"], r["label"]) for r in shuffled) == Counter((r["phenomenon"], r["label"]) for r in rows)
+    for r in shuffled:  # the verdict in step 3 still matches the (new) label
+        assert r["thought_process"].split("step 3: ")[1].startswith("entailment" if r["label"] else "no entailment")
+    agree = sum(a["label"] == b["label"] for a, b in zip(rows, shuffled, strict=True)) / len(rows)
+    assert 0.4 <= agree <= 0.6, agree
+    assert sum(_rule_label(r) == r["label"] for r in shuffled) / len(rows) <= 0.6

@@ -17,13 +17,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nlicot.prompt import encode_answers, encode_prompts
-from nlicot.tiny import load_tokenizer
-
 from data_gen.config import BuildConfig as Config
 from data_gen.corpus import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.errors import InputError
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
+from nlicot.hub import load_tokenizer
+from nlicot.prompt import encode_answers, encode_prompts
 
 log = logging.getLogger(__name__)
 CORPUS_KEYS = ("id", "premise", "hypothesis", "label", "thought_process", "source")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from nlicot.corpus import CorpusError, load_rows
-
 from data_gen import prompts
 from data_gen.config import GenerateConfig as Config
 from data_gen.errors import ConfigError, InputError
 from data_gen.runner import run_stage
 from data_gen.store import Record
 from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
+from nlicot.corpus import CorpusError, load_rows
 
 INPUT_FIELDS = ("id", "premise", "hypothesis", "label")
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from data_gen.stages.build import CORPUS_KEYS
 from nlicot.corpus import load_rows
 from nlicot.prompt import encode_answers, encode_prompts
-
-from data_gen.stages.build import CORPUS_KEYS
 
 
 def _thought(label: int, extra: str = "") -> str:

@@ -1,0 +1,80 @@
+"""Model and tokenizer resolution: a hub id, a local folder or an offline name → a folder ``from_pretrained`` reads.
+
+Why one room: the model, the data module, data_gen's length filter and the benchmarks must agree on what a
+name means. Hub ids and folders pass through unchanged; the names in :func:`offline_models` (built without any
+network, e.g. ``tiny``) are built once into ``$NLICOT_CACHE`` and then read like any saved model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+
+def cache_root() -> Path:
+    """Where built artefacts live: ``$NLICOT_CACHE`` or ``~/.cache/nlicot``."""
+    return Path(os.environ.get("NLICOT_CACHE", Path.home() / ".cache" / "nlicot"))
+
+
+class UnknownModelError(ValueError):
+    """A ``tiny-*`` name that no recipe builds; the CLI prints it as one ``error:`` line."""
+
+
+class OfflineModel(NamedTuple):
+    """A model that is built locally instead of downloaded."""
+
+    folder: str  #: cache folder name; it carries the recipe's version, so a changed recipe is rebuilt, never reused
+    build: Callable[[Path], object]  #: writes model + tokenizer into an empty folder
+
+
+def offline_models() -> dict[str, OfflineModel]:
+    """Offline name → how to build it (imported lazily: building needs torch and transformers)."""
+    from functools import partial
+
+    from nlicot import tiny, tiny_lm
+
+    models = {tiny.TINY_NAME: OfflineModel(f"tiny-mistral-v3-{tiny.TINY_VERSION}", tiny.build_tiny)}
+    for name, recipe in tiny_lm.RECIPES.items():  # the pretrained offline bases
+        models[name] = OfflineModel(tiny_lm.folder_name(name), partial(tiny_lm.build, recipe))
+    return models
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an offline name to its cached folder (building it on first use); pass hub ids and paths through."""
+    models = offline_models()
+    offline = models.get(name_or_path)
+    if offline is None:
+        if name_or_path.startswith("tiny-") and not Path(name_or_path).exists():
+            raise UnknownModelError(
+                f"unknown model name {name_or_path!r}: choose {', '.join(models)}, a hub id or a folder"
+            )
+        return name_or_path
+    dest = cache_root() / offline.folder
+    if not (dest / "config.json").is_file():
+        from nlicot.atomic import atomic_dir
+
+        with atomic_dir(dest) as tmp:  # another process building the same folder at once: its copy is kept
+            offline.build(tmp)
+    return str(dest)
+
+
+def load_v3_tokenizer(folder: str | Path):
+    """Load a Mistral v3 tokenizer folder with the settings that match mistral-common's own encoding.
+
+    ``legacy=False`` stops the converted sentencepiece tokenizer from inserting a stray ``▁`` after special
+    tokens; the prompt ids are then identical to ``MistralTokenizer.encode_chat_completion`` (tested).
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), legacy=False)
+    if tok.pad_token_id is None:
+        # Padding never reaches the loss (labels are -100 there); EOS is what Mistral fine-tunes use.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer for a model name, hub id or folder, with the pad token set."""
+    return load_v3_tokenizer(resolve_model_path(name_or_path))
