@@ -54,8 +54,9 @@ def predict(adapter: Path, base: str, rows: Path, out: Path, *args: str) -> tupl
     return recs, json.loads((out / "metrics.json").read_text()), seconds
 
 
-def prefill_timing(adapter: Path, base: str, data: list[dict], k: int, temperature: float, top_p: float) -> None:
-    """Time the k chains of the ``data`` prompts three ways with the trained adapter, fastest of two runs each."""
+def prefill_timing(adapter: Path, base: str, data: list[dict], k: int, temperature: float, top_p: float,
+                   repeats: int) -> None:
+    """Time the k chains of the ``data`` prompts three ways with the trained adapter, fastest of ``repeats`` runs."""
     import torch
     from transformers import GenerationConfig, StoppingCriteriaList
 
@@ -86,7 +87,7 @@ def prefill_timing(adapter: Path, base: str, data: list[dict], k: int, temperatu
 
     def best(fn) -> tuple[object, float]:
         times, result = [], None
-        for _ in range(2):
+        for _ in range(repeats):
             start = time.perf_counter()
             result = fn()
             times.append(time.perf_counter() - start)
@@ -100,7 +101,7 @@ def prefill_timing(adapter: Path, base: str, data: list[dict], k: int, temperatu
                       for a, b in zip(shared, repeated))  # fmt: skip
     lengths = [len(p) for p in prompts]
     print(f"\nprefill sharing: {n} prompts ({min(lengths)}-{max(lengths)} tokens) x {k} chains, at most "
-          f"{max_new_tokens} new tokens, stop at the closed JSON object, one batch, fastest of 2")
+          f"{max_new_tokens} new tokens, stop at the closed JSON object, one batch, fastest of {repeats}")
     print(f"  nlicot, prompt encoded once, KV cache repeated k times : {shared_s:7.2f} s")
     print(f"  nlicot, prompt repeated k times before the prefill     : {repeated_s:7.2f} s "
           f"({repeated_s / shared_s:.2f}x the shared time); identical tokens on {same_tokens}/{n} prompts "
@@ -115,7 +116,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="chains per example")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--prefill-prompts", type=int, default=16, help="prompts in the prefill timing (0 = skip)")
+    parser.add_argument("--prefill-prompts", type=int, default=8, help="prompts in the prefill timing (0 = skip)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per side of the prefill timing")
     args = parser.parse_args()
     quiet_logs()
 
@@ -162,7 +164,8 @@ def main() -> None:
         f"{b['confidence_bin'][0]:.1f}-{b['confidence_bin'][1]:.1f}: {b['count']}, {b['accuracy']:.2f}, "
         f"{b['mean_confidence']:.2f}" for b in vote_m["reliability"] if b["count"]))  # fmt: skip
     if args.prefill_prompts:
-        prefill_timing(adapter, base, data[: args.prefill_prompts], args.k, args.temperature, args.top_p)
+        prefill_timing(adapter, base, data[: args.prefill_prompts], args.k, args.temperature, args.top_p,
+                       args.repeats)
 
 
 if __name__ == "__main__":
