@@ -63,7 +63,9 @@ def _rule_label(row: dict) -> int:
     """The label read off the sentences with rules of this test (independent of the generator's code)."""
     p, h = row["premise"], row["hypothesis"]
     kind = row["phenomenon"]
-    words = lambda s: re.findall(r"[A-Za-z]+", s.lower())
+    def words(s: str) -> list[str]:
+        return re.findall(r"[A-Za-z]+", s.lower())
+
     if kind in ("colour", "time"):
         vocab = synth.COLOURS if kind == "colour" else [d.lower() for d in synth.DAYS]
         return int([w for w in words(p) if w in vocab] == [w for w in words(h) if w in vocab])
@@ -88,7 +90,9 @@ def _rule_label(row: dict) -> int:
         noun_p, noun_h = words(p)[-1], words(h)[-1]
         return int(noun_p in hyponym_of.get(noun_h, ()))
     if kind == "quantifier":
-        q = lambda s: "not all" if s.lower().startswith("not all") else words(s)[0]
+        def q(s: str) -> str:
+            return "not all" if s.lower().startswith("not all") else words(s)[0]
+
         return int((q(p), q(h)) in {("all", "some"), ("none", "not all")})
     raise AssertionError(kind)
 
