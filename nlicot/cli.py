@@ -55,8 +55,9 @@ class UsageError(RuntimeError):
 
 class NLICoTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
-        parser.link_arguments("data.packing", "model.packing")
+        # Subclass mode (model.class_path / data.class_path, e.g. nlicot.grpo.*): links address init_args.
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("data.init_args.packing", "model.init_args.packing")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationEval, "generation_eval")
@@ -163,6 +164,8 @@ def main(args: list[str] | None = None) -> None:
             NLICoTModule,
             NLICoTDataModule,
             args=args,
+            subclass_mode_model=True,  # configs without class_path get NLICoTModule / NLICoTDataModule
+            subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "log_every_n_steps": 1,
