@@ -1,7 +1,7 @@
 """Does nlicot teach the task? Held-out accuracy of the demo recipe, a shuffled-label control, the learning curve,
 packing on vs off, accuracy by phenomenon and by thought length.
 
-    python benchmarks/learning.py [--steps 240] [--skip-packing-off]
+    python benchmarks/learning.py [--steps 300] [--skip-packing-off]
 
 Every run is the real CLI (``python -m nlicot fit`` then ``predict`` on ``data/synth/test.jsonl``) with
 ``configs/demo.yaml``: the pretrained offline base ``tiny-nli`` frozen in NF4 + LoRA, greedy generation, parse
@@ -117,7 +117,7 @@ def run(name: str, root: Path, steps: int, *overrides: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=240, help="optimizer steps of every run (demo.yaml: 240)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every run (demo.yaml: 300)")
     parser.add_argument("--skip-packing-off", action="store_true", help="leave out the packing-off run")
     parser.add_argument("--skip-control", action="store_true", help="leave out the shuffled-label run")
     args = parser.parse_args()

@@ -238,16 +238,25 @@ def generate(cfg: SynthConfig) -> dict[str, list[dict]]:
 
 
 def pretraining_text(cfg: SynthConfig, size: int, seed: int) -> Iterator[str]:
-    """Unlabelled ``Premise: …\\nHypothesis: …`` pairs from the *train* combinations only: no label, no thought.
+    """Unlabelled documents from the *train* combinations only: no label, no thought, no verdict word.
 
-    Both labels are drawn for every phenomenon, so the text itself says nothing about which pairs entail.
+    A document is one or two ``Premise: …\nHypothesis: …`` pairs followed by one or two of its own sentences
+    repeated verbatim, each on its own line. The repeats teach the base to copy a whole earlier sentence (the
+    skill a real pretrained model brings and the thought's restating steps need); both labels are drawn for every
+    phenomenon, so the text itself says nothing about which pairs entail.
     """
     rng = random.Random(f"{cfg.seed}-pretrain-{seed}")
     train = split_triples(cfg)["train"]
     for _ in range(size):
-        name, obj, phenomenon = rng.choice(train)
-        pair = make_pair(rng, phenomenon, name, obj, rng.randrange(2))
-        yield f"Premise: {pair.premise}\nHypothesis: {pair.hypothesis}"
+        lines: list[str] = []
+        sentences: list[str] = []
+        for _ in range(rng.randint(1, 2)):
+            name, obj, phenomenon = rng.choice(train)
+            pair = make_pair(rng, phenomenon, name, obj, rng.randrange(2))
+            lines += [f"Premise: {pair.premise}", f"Hypothesis: {pair.hypothesis}"]
+            sentences += [pair.premise, pair.hypothesis]
+        lines += [rng.choice(sentences) for _ in range(rng.randint(1, 2))]
+        yield "\n".join(lines)
 
 
 def shuffle_labels(rows: list[dict], seed: int = 0) -> list[dict]:

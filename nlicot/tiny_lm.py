@@ -3,15 +3,16 @@
 Why: QLoRA means a frozen pretrained base plus a small adapter. The random ``tiny`` base cannot copy a word
 from the premise into the answer (measured: ~0.73 test accuracy at best on the synthetic task, names and
 colours near chance), so it cannot stand in for a pretrained model. This module builds a slightly larger tiny
-Mistral from a config and pretrains it once, with plain causal-LM loss, on ``Premise: …\\nHypothesis: …`` text
-of the synthetic task's language (``data_gen.synth.pretraining_text``: train combinations only, both labels,
-no labels or thoughts in the text). Hypotheses repeat words of their premise, which teaches the base to copy
-(induction) — the skill a real pretrained model brings. The folder is then loaded by the normal path
+Mistral from a config and pretrains it once, with plain causal-LM loss, on unlabelled documents of the
+synthetic task's language (``data_gen.synth.pretraining_text``: ``Premise: …\\nHypothesis: …`` pairs of train
+combinations, both labels, followed by some of their sentences repeated verbatim; no labels or thoughts).
+The repeats teach the base to copy a whole earlier sentence (induction) — the skill a real pretrained model
+brings and the thought's restating steps need. The folder is then loaded by the normal path
 (``from_pretrained`` → NF4 → LoRA) like any hub model.
 
 Cost: only the few hundred tokens the text uses get an output row; every other row of the 32,768-token head
 is zero and stays zero, so the exact full-vocabulary softmax is the used rows plus one constant logit
-``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining to about a minute on 2 cores.
+``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2 cores.
 Deterministic (fixed seeds, one thread order) and cached atomically under ``nlicot.hub.cache_root()``.
 """
 
@@ -47,8 +48,8 @@ class Recipe:
 RECIPES = {
     # The width of ``tiny`` (64) keeps a fine-tuning step as cheap as the random demo's: the 32,768-row head,
     # not the body, dominates a step's cost.
-    "tiny-nli": Recipe(version=1, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, steps=400, batch_size=32,
+    "tiny-nli": Recipe(version=2, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, steps=2400, batch_size=32,
                        learning_rate=3e-3, texts=20000),
 }
 
@@ -69,7 +70,7 @@ def _pretraining_batches(tokenizer, recipe: Recipe):
     return seqs, used
 
 
-def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 100) -> list[float]:
+def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 50) -> list[float]:
     """Causal-LM pretraining on the unlabelled text; returns the loss of every step."""
     import torch
     import torch.nn.functional as F

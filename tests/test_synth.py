@@ -135,12 +135,19 @@ def test_pretraining_text_has_no_labels_or_thoughts_and_only_train_combinations(
     train = {(n, o) for n, o, p in synth.split_triples(cfg)["train"]}
     held = {(n, o, p) for s in ("val", "test") for n, o, p in synth.split_triples(cfg)[s]}
     assert held
+    repeats = 0
     for text in texts:
-        assert re.fullmatch(r"Premise: [^\n]+\nHypothesis: [^\n]+", text), text
+        assert re.fullmatch(r"(Premise: [^\n]+\nHypothesis: [^\n]+\n){1,2}[^\n]+(\n[^\n]+)?", text), text
+        lines = text.split("\n")
+        stated = {line.split(": ", 1)[1] for line in lines if line.startswith(("Premise: ", "Hypothesis: "))}
+        tail = [line for line in lines if not line.startswith(("Premise: ", "Hypothesis: "))]
+        assert tail and set(tail) <= stated, text  # the repeats are verbatim copies of the document's sentences
+        repeats += len(tail)
         assert not re.search(r"entail|step \d|because|label", text, re.IGNORECASE), text
         names = [n for n in synth.NAMES if re.search(rf"\b{n}\b", text)]
         objects = [o for o in synth.OBJECTS if re.search(rf"\b{o}", text)]
         assert any((n, o) in train for n in names for o in objects), text
+    assert repeats >= len(texts)
 
 
 def test_bad_config_is_one_error_line_and_writes_nothing(tmp_path, capsys):
