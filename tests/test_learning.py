@@ -46,7 +46,8 @@ def test_rows(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 13 not met yet: the 300-step demo recipe (tiny-nli v2) measured 0.488 accuracy, parse rate 0.962, on the "
+@pytest.mark.xfail(strict=True, reason="issue 13 not met yet: the 300-step demo recipe (tiny-nli v2) measured 0.488 accuracy, "
+                   "parse rate 0.962, on the "
                    "test split (benchmarks/README.md, Learning); remove this mark once it learns")
 def test_demo_recipe_learns_heldout_combinations(tmp_path, test_rows):
     accuracy, parse_rate = _fit_and_score(tmp_path, REPO / "data" / "synth" / "train.jsonl", test_rows, steps=300)
