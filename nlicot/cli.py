@@ -96,9 +96,10 @@ class NLICoTCLI(LightningCLI):
         ckpt = checkpoint_file(config)
         if ckpt is not None:
             saved = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-            keep = {k: saved[k] for k in ARCHITECTURE_KEYS if k in saved}
-            if keep:
-                self.config = self.parser.parse_object({subcommand: {"model": {"init_args": keep}}}, self.config)
+            # Set in place: parse_object on a subclass-mode group without class_path resets its other init_args.
+            for key in ARCHITECTURE_KEYS:
+                if key in saved:
+                    config.model.init_args[key] = saved[key]
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
