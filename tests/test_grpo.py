@@ -214,6 +214,7 @@ def test_bad_settings_are_refused_before_the_model_loads(override, message) -> N
     assert module.model is None
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_for_g_below_two(tmp_path) -> None:
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
            "--model.num_generations=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",

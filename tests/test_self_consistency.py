@@ -296,6 +296,7 @@ def test_bad_sampling_settings(model, tokenizer, prompts, kwargs, message) -> No
 # --- the CLI ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -> None:
     """``predict`` with k = 3 from the hand-written demo config (fresh adapter: nothing to train for the plumbing)."""
     inputs = tmp_path / "pairs.csv"
@@ -324,6 +325,7 @@ def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -
     assert "vote of 3 chains" in proc.stdout
 
 
+@pytest.mark.slow
 def test_validate_logs_vote_metrics_and_figures(repo, tmp_path) -> None:
     """Generation evaluation with k = 2 puts the vote's scores and figures into TensorBoard."""
     proc = subprocess.run(
