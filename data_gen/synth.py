@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,9 +146,14 @@ def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> tuple[str,
             f"{_a(obj)} is {_a(hyper)}, not {_a(wrong)}")
 
 
+def _same_or_other(rng: random.Random, values: Sequence[str], label: int) -> tuple[str, str]:
+    """A value for the premise and, for the hypothesis, the same one (label 1) or a different one (label 0)."""
+    value = rng.choice(values)
+    return value, value if label else rng.choice([v for v in values if v != value])
+
+
 def _colour(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
-    colour = rng.choice(COLOURS)
-    other = colour if label else rng.choice([c for c in COLOURS if c != colour])
+    colour, other = _same_or_other(rng, COLOURS, label)
     p, h = f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}."
     if label:
         return p, h, f"the colour is {colour} in both", "the colour matches"
@@ -170,8 +175,7 @@ def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> tuple[st
 
 
 def _time(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
-    day = rng.choice(DAYS)
-    other = day if label else rng.choice([d for d in DAYS if d != day])
+    day, other = _same_or_other(rng, DAYS, label)
     p, h = f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}."
     if label:
         return p, h, f"the day is {day} in both", "the day matches"
