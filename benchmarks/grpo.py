@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import REPO, greedy_test_eval, machine, undertrained_sft_adapter
+from _common import REPO, greedy_test_eval, machine, sft_start
 
 TARGET_POINTS = 10.0
 
@@ -49,9 +49,10 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="stated CPU budget for the GRPO run")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
     args = parser.parse_args()
 
-    adapter, sft_seconds = undertrained_sft_adapter()
+    adapter, sft_seconds = sft_start(args.adapter)
     before = greedy_test_eval(adapter, args.test_rows)
     print(f"SFT (under-trained) adapter {adapter}: test accuracy {before['accuracy']:.3f}, "
           f"parse rate {before['parse_rate']:.3f}, {before['generated_tokens']:.1f} generated tokens/answer")

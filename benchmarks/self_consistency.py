@@ -33,7 +33,7 @@ from _common import (
     SYNTH,
     machine,
     quiet_logs,
-    undertrained_sft_adapter,
+    sft_start,
 )
 
 PROMPTS_PER_BATCH = 16
@@ -118,16 +118,18 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--prefill-prompts", type=int, default=8, help="prompts in the prefill timing (0 = skip)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side of the prefill timing")
+    parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
     args = parser.parse_args()
     quiet_logs()
 
-    adapter, sft_s = undertrained_sft_adapter()
+    adapter, sft_s = sft_start(args.adapter)
     base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
     data = [json.loads(line) for line in (SYNTH / "test.jsonl").read_text().splitlines() if line][: args.rows]
     info = machine()
     print(f"{info['cores']} cores ({info['cpu']}), torch {info['torch']} ({info['threads']} threads); shared CPU: "
           f"timings are noisy")  # fmt: skip
-    print(f"SFT start: {adapter} (base {base}; trained in {sft_s:.0f} s, the GRPO benchmark's recipe)")
+    trained = "given with --adapter" if sft_s is None else f"trained in {sft_s:.0f} s, the GRPO benchmark's recipe"
+    print(f"SFT start: {adapter} (base {base}; {trained})")
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "test.jsonl"

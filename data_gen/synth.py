@@ -86,64 +86,62 @@ def _plural(word: str) -> str:
     return {"fruit": "fruit", "coat": "coats"}.get(word, word + ("es" if word.endswith("sh") else "s"))
 
 
-def _clause(sentence: str) -> str:
-    """A sentence as a clause after "says": drop the full stop, lower-case a leading "The"/"All" but not a name."""
-    first = sentence.split()[0].rstrip(",")
-    body = sentence[:-1]
-    return body if first in NAMES or first in DAYS else body[0].lower() + body[1:]
-
-
-def _thought(premise: str, hypothesis: str, evidence: str, label: int, reason: str) -> str:
+def _thought(steps: tuple[str, str, str], label: int) -> str:
+    """The 3-step thought: each step one short clause, the comparison and the verdict last."""
+    s1, s2, s3 = steps
     verdict = "entailment" if label else "no entailment"
-    return (f"step 1: The premise says {_clause(premise)}. step 2: The hypothesis says {_clause(hypothesis)}; "
-            f"{evidence}. step 3: {verdict}, because {reason}.")
+    return f"step 1: {s1[0].upper() + s1[1:]}. step 2: {s2[0].upper() + s2[1:]}. step 3: {s3}, so {verdict}."
 
 
-def _negation(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+Example = tuple[str, str, tuple[str, str, str]]  # premise, hypothesis, the thought's three steps
+
+
+def _negation(rng: random.Random, name: str, obj: str, label: int) -> Example:
     colour = rng.choice(COLOURS)
     if rng.random() < 0.5:  # positive premise: dropping the colour is entailed, negating it is not
-        p = f"{name} has {_a(colour + ' ' + obj)}."
+        p, said = f"{name} has {_a(colour + ' ' + obj)}.", f"the premise says {name} has {_a(colour + ' ' + obj)}"
         if label:
-            return p, f"{name} has {_a(obj)}.", "it only drops the colour", "a " + colour + f" {obj} is still {_a(obj)}"
-        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", "it negates the premise", "the hypothesis denies what the premise states"
-    p = f"{name} does not have {_a(obj)}."  # negative premise: narrowing is entailed, asserting is not
+            return p, f"{name} has {_a(obj)}.", (said, "the hypothesis only drops the colour", "it still holds")
+        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", (said, "the hypothesis negates it",
+                                                                     "it contradicts the premise")
+    p, said = f"{name} does not have {_a(obj)}.", f"the premise says {name} has no {obj}"  # narrowing is entailed
     if label:
-        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", f"no {obj} means no {colour} {obj}", f"having no {obj} rules out {_a(colour + ' ' + obj)}"
-    return p, f"{name} has {_a(obj)}.", "it drops the negation", "the hypothesis asserts what the premise denies"
+        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", (
+            said, f"the hypothesis denies {_a(colour + ' ' + obj)}", f"no {obj} means no {colour} {obj}")
+    return p, f"{name} has {_a(obj)}.", (said, f"the hypothesis says {name} has {_a(obj)}", "it contradicts the premise")
 
 
-def _number(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _number(rng: random.Random, name: str, obj: str, label: int) -> Example:
     n = rng.randrange(1, len(NUMBERS))
     k = rng.randrange(0, n + 1) if label else rng.randrange(n + 1, len(NUMBERS)) if n + 1 < len(NUMBERS) else None
     if k is None:  # the largest number has nothing above it: flip to a smaller premise
         n, k = rng.randrange(0, len(NUMBERS) - 1), len(NUMBERS) - 1
-    p = f"{name} has {NUMBERS[n]} {_plural(obj)}."
-    h = f"{name} has at least {NUMBERS[k]} {_plural(obj)}."
-    if label:
-        rel = "is" if k == n else "is more than"
-        return p, h, f"{NUMBERS[n]} {rel} {NUMBERS[k]}" if k < n else f"{NUMBERS[n]} is exactly {NUMBERS[k]}", f"{NUMBERS[n]} {_plural(obj)} are at least {NUMBERS[k]}"
-    return p, h, f"{NUMBERS[n]} is fewer than {NUMBERS[k]}", f"{NUMBERS[n]} {_plural(obj)} are not at least {NUMBERS[k]}"
+    have, need = NUMBERS[n], NUMBERS[k]
+    return (f"{name} has {have} {_plural(obj)}.", f"{name} has at least {need} {_plural(obj)}.",
+            (f"the premise has {have} {_plural(obj)}", f"the hypothesis needs at least {need}",
+             f"{have} is {'not ' if label else ''}fewer than {need}"))
 
 
-def _swap(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _swap(rng: random.Random, name: str, obj: str, label: int) -> Example:
     other = rng.choice([n for n in NAMES if n != name])
-    p = f"{name} gave {other} the {obj}."
-    if label:
-        return p, f"{other} got the {obj} from {name}.", f"{name} is still the giver", "the roles are the same"
-    return p, f"{name} got the {obj} from {other}.", f"{name} is now the receiver", "the giver and the receiver are swapped"
+    h, giver = (f"{other} got the {obj} from {name}.", name) if label else (f"{name} got the {obj} from {other}.", other)
+    same = "the same person" if label else "different people"
+    return (f"{name} gave {other} the {obj}.", h,
+            (f"the premise makes {name} the giver", f"the hypothesis makes {giver} the giver",
+             f"{name} and {giver} are {same}"))
 
 
-def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> Example:
     hyper, verb = LEXICON[obj], rng.choice(HYPERNYM_VERBS)
     if label:
-        return (f"{name} {verb} {_a(obj)}.", f"{name} {verb} {_a(hyper)}.", f"{_a(obj)} is {_a(hyper)}",
-                f"{_a(obj)} is always {_a(hyper)}")
-    if rng.random() < 0.5:  # the reverse direction: the general word does not give the specific one
-        return (f"{name} {verb} {_a(hyper)}.", f"{name} {verb} {_a(obj)}.", f"{_a(hyper)} need not be {_a(obj)}",
-                "the premise is less specific than the hypothesis")
-    wrong = rng.choice(sorted({h for h in LEXICON.values() if h != hyper}))
-    return (f"{name} {verb} {_a(obj)}.", f"{name} {verb} {_a(wrong)}.", f"{_a(obj)} is not {_a(wrong)}",
-            f"{_a(obj)} is {_a(hyper)}, not {_a(wrong)}")
+        said, heard, why = obj, hyper, f"{_a(obj)} is always {_a(hyper)}"
+    elif rng.random() < 0.5:  # the reverse direction: the general word does not give the specific one
+        said, heard, why = hyper, obj, f"{_a(hyper)} need not be {_a(obj)}"
+    else:
+        wrong = rng.choice(sorted({h for h in LEXICON.values() if h != hyper}))
+        said, heard, why = obj, wrong, f"{_a(obj)} is never {_a(wrong)}"
+    return (f"{name} {verb} {_a(said)}.", f"{name} {verb} {_a(heard)}.",
+            (f"the premise names {_a(said)}", f"the hypothesis names {_a(heard)}", why))
 
 
 def _same_or_other(rng: random.Random, values: Sequence[str], label: int) -> tuple[str, str]:
@@ -152,15 +150,15 @@ def _same_or_other(rng: random.Random, values: Sequence[str], label: int) -> tup
     return value, value if label else rng.choice([v for v in values if v != value])
 
 
-def _colour(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _colour(rng: random.Random, name: str, obj: str, label: int) -> Example:
     colour, other = _same_or_other(rng, COLOURS, label)
-    p, h = f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}."
-    if label:
-        return p, h, f"the colour is {colour} in both", "the colour matches"
-    return p, h, f"{other} is not {colour}", "the colour differs"
+    same = "the same colour" if label else "different colours"
+    return (f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}.",
+            (f"the premise says the {obj} is {colour}", f"the hypothesis says it is {other}",
+             f"{colour} and {other} are {same}"))
 
 
-def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> Example:
     qp, qh = rng.choice(sorted(k for k, v in QUANTIFIER_LOGIC.items() if v == label))
     colour = rng.choice(COLOURS)
 
@@ -168,21 +166,18 @@ def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> tuple[st
         verb = "is" if q == "none" else "are"
         return f"{q.capitalize()} of the {_plural(obj)} of {name} {verb} {colour}."
 
-    p, h = say(qp), say(qh)
-    if label:
-        return p, h, f"{qp} implies {qh}", f"\"{qp}\" guarantees \"{qh}\""
-    return p, h, f"{qp} does not imply {qh}", f"\"{qp}\" is compatible with the opposite of \"{qh}\""
+    return (say(qp), say(qh), (f"the premise says {qp}", f"the hypothesis says {qh}",
+                               f"{qp} {'implies' if label else 'does not imply'} {qh}"))
 
 
-def _time(rng: random.Random, name: str, obj: str, label: int) -> tuple[str, str, str, str]:
+def _time(rng: random.Random, name: str, obj: str, label: int) -> Example:
     day, other = _same_or_other(rng, DAYS, label)
-    p, h = f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}."
-    if label:
-        return p, h, f"the day is {day} in both", "the day matches"
-    return p, h, f"{other} is not {day}", "the day differs"
+    same = "the same day" if label else "different days"
+    return (f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}.",
+            (f"the premise says it was on {day}", f"the hypothesis says on {other}", f"{day} and {other} are {same}"))
 
 
-MAKERS: dict[str, Callable[[random.Random, str, str, int], tuple[str, str, str, str]]] = {
+MAKERS: dict[str, Callable[[random.Random, str, str, int], Example]] = {
     "negation": _negation, "number": _number, "swap": _swap, "hypernym": _hypernym,
     "colour": _colour, "quantifier": _quantifier, "time": _time,
 }
@@ -190,8 +185,8 @@ MAKERS: dict[str, Callable[[random.Random, str, str, int], tuple[str, str, str, 
 
 def make_pair(rng: random.Random, phenomenon: str, name: str, obj: str, label: int) -> Pair:
     """One example of ``phenomenon`` about ``name`` and ``obj`` with the requested label."""
-    premise, hypothesis, evidence, reason = MAKERS[phenomenon](rng, name, obj, label)
-    return Pair(premise, hypothesis, label, _thought(premise, hypothesis, evidence, label, reason), phenomenon, name, obj)
+    premise, hypothesis, steps = MAKERS[phenomenon](rng, name, obj, label)
+    return Pair(premise, hypothesis, label, _thought(steps, label), phenomenon, name, obj)
 
 
 def split_triples(cfg: SynthConfig) -> dict[str, list[tuple[str, str, str]]]:
