@@ -29,12 +29,14 @@ from _common import REPO, greedy_test_eval, machine, sft_start
 TARGET_POINTS = 10.0
 
 
-def run_grpo(adapter: Path, out: Path, steps: int) -> float:
+def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None) -> float:
     """Wall seconds of the whole GRPO fit process (the budget counts everything a user waits for)."""
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
            f"--model.init_args.adapter_path={adapter}", f"--trainer.max_steps={steps}",
            f"--checkpoint.dirpath={out / 'ckpt'}", f"--trainer.logger.init_args.save_dir={out / 'tb'}",
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # validation is not the budget
+    if learning_rate is not None:
+        cmd.append(f"--model.init_args.learning_rate={learning_rate}")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="GRPO peak LR (default: configs/grpo.yaml)")
     args = parser.parse_args()
 
     adapter, sft_seconds = sft_start(args.adapter)
@@ -57,7 +60,7 @@ def main() -> None:
     print(f"SFT (under-trained) adapter {adapter}: test accuracy {before['accuracy']:.3f}, "
           f"parse rate {before['parse_rate']:.3f}, {before['generated_tokens']:.1f} generated tokens/answer")
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
-    seconds = run_grpo(adapter, out, args.grpo_steps)
+    seconds = run_grpo(adapter, out, args.grpo_steps, args.learning_rate)
     after = greedy_test_eval(out / "ckpt" / "adapter", args.test_rows)
     gain = 100 * (after["accuracy"] - before["accuracy"])
     longer = after["generated_tokens"] - before["generated_tokens"]
