@@ -45,10 +45,12 @@ def test_default_root_dir_holds_the_run_and_last_resumes_it_with_the_checkpoints
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "adapter").is_dir()
     assert versions(run) == ["version_0"]
     # `last` is resolved inside the run folder, and the checkpoint's LoRA shape wins over a different flag
+    rank = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["lora_r"]
+    assert rank != 8
     nlicot("fit", "--config", "configs/demo.yaml", *QUICK, "--trainer.max_steps=4", "--model.lora_r=8",
            f"--trainer.default_root_dir={run_root}", "--ckpt_path=last")
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 4 and state["hyper_parameters"]["lora_r"] == 16
+    assert state["global_step"] == 4 and state["hyper_parameters"]["lora_r"] == rank
     assert versions(run) == ["version_0", "version_1"]
 
 
