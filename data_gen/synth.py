@@ -98,16 +98,16 @@ Example = tuple[str, str, tuple[str, str, str]]  # premise, hypothesis, the thou
 
 def _negation(rng: random.Random, name: str, obj: str, label: int) -> Example:
     colour = rng.choice(COLOURS)
+    coloured = _a(colour + " " + obj)
     if rng.random() < 0.5:  # positive premise: dropping the colour is entailed, negating it is not
-        p, said = f"{name} has {_a(colour + ' ' + obj)}.", f"the premise says {name} has {_a(colour + ' ' + obj)}"
+        p, said = f"{name} has {coloured}.", f"the premise says {name} has {coloured}"
         if label:
             return p, f"{name} has {_a(obj)}.", (said, "the hypothesis only drops the colour", "it still holds")
-        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", (said, "the hypothesis negates it",
-                                                                     "it contradicts the premise")
+        return p, f"{name} does not have {coloured}.", (said, "the hypothesis negates it", "it contradicts the premise")
     p, said = f"{name} does not have {_a(obj)}.", f"the premise says {name} has no {obj}"  # narrowing is entailed
     if label:
-        return p, f"{name} does not have {_a(colour + ' ' + obj)}.", (
-            said, f"the hypothesis denies {_a(colour + ' ' + obj)}", f"no {obj} means no {colour} {obj}")
+        return p, f"{name} does not have {coloured}.", (said, f"the hypothesis denies {coloured}",
+                                                       f"no {obj} means no {colour} {obj}")
     return p, f"{name} has {_a(obj)}.", (said, f"the hypothesis says {name} has {_a(obj)}", "it contradicts the premise")
 
 
@@ -122,13 +122,17 @@ def _number(rng: random.Random, name: str, obj: str, label: int) -> Example:
              f"{have} is {'not ' if label else ''}fewer than {need}"))
 
 
+def _compared(a: str, b: str, label: int, same: str, different: str) -> str:
+    """Step 3 of the phenomena decided by one equality: "a and b are the same X" / "… different Xs"."""
+    return f"{a} and {b} are {same if label else different}"
+
+
 def _swap(rng: random.Random, name: str, obj: str, label: int) -> Example:
     other = rng.choice([n for n in NAMES if n != name])
     h, giver = (f"{other} got the {obj} from {name}.", name) if label else (f"{name} got the {obj} from {other}.", other)
-    same = "the same person" if label else "different people"
     return (f"{name} gave {other} the {obj}.", h,
             (f"the premise makes {name} the giver", f"the hypothesis makes {giver} the giver",
-             f"{name} and {giver} are {same}"))
+             _compared(name, giver, label, "the same person", "different people")))
 
 
 def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> Example:
@@ -152,10 +156,9 @@ def _same_or_other(rng: random.Random, values: Sequence[str], label: int) -> tup
 
 def _colour(rng: random.Random, name: str, obj: str, label: int) -> Example:
     colour, other = _same_or_other(rng, COLOURS, label)
-    same = "the same colour" if label else "different colours"
     return (f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}.",
             (f"the premise says the {obj} is {colour}", f"the hypothesis says it is {other}",
-             f"{colour} and {other} are {same}"))
+             _compared(colour, other, label, "the same colour", "different colours")))
 
 
 def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> Example:
@@ -172,9 +175,9 @@ def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> Example:
 
 def _time(rng: random.Random, name: str, obj: str, label: int) -> Example:
     day, other = _same_or_other(rng, DAYS, label)
-    same = "the same day" if label else "different days"
     return (f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}.",
-            (f"the premise says it was on {day}", f"the hypothesis says on {other}", f"{day} and {other} are {same}"))
+            (f"the premise says it was on {day}", f"the hypothesis says on {other}",
+             _compared(day, other, label, "the same day", "different days")))
 
 
 MAKERS: dict[str, Callable[[random.Random, str, str, int], Example]] = {
