@@ -85,6 +85,11 @@ def reward_terms(
     }
 
 
+def flat_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, G) rewards → (P, 1) bool: the groups whose G rewards are all equal (population std below the floor)."""
+    return rewards.std(dim=1, keepdim=True, unbiased=False) < _STD_FLOOR
+
+
 def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """(P, G) rewards → (r − group mean) / group std (population std); 0 for a group whose rewards are all equal.
 
@@ -92,8 +97,7 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    flat = std < _STD_FLOOR
-    return torch.where(flat, torch.zeros_like(rewards), (rewards - mean) / std.clamp(min=_STD_FLOOR))
+    return torch.where(flat_groups(rewards), torch.zeros_like(rewards), (rewards - mean) / std.clamp(min=_STD_FLOOR))
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -371,7 +375,7 @@ class GRPOModule(NLICoTModule):
         groups = reward.view(len(batch), -1)
         add = {"reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
                "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": n, "micro": 1.0,
-               "groups": float(len(batch)), "flat_groups": (groups.std(dim=1, unbiased=False) < _STD_FLOOR).sum().item(),
+               "groups": float(len(batch)), "flat_groups": flat_groups(groups).sum().item(),
                **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
                **{k: v.item() for k, v in stats.items()}}
         for key, value in add.items():
