@@ -25,13 +25,12 @@ _lock = threading.Lock()
 
 def _cached_create_model(model_name: str, /, **fields: Any) -> type[pydantic.BaseModel]:
     """``pydantic.create_model`` memoised on its arguments; unhashable arguments (a rare type) build afresh."""
-    try:
-        key = (model_name, *sorted((k, _freeze(v)) for k, v in fields.items()))
-        hash(key)
-    except TypeError:
-        return _original(model_name, **fields)
+    key = (model_name, *sorted((k, _freeze(v)) for k, v in fields.items()))
     with _lock:
-        model = _cache.get(key)
+        try:
+            model = _cache.get(key)
+        except TypeError:  # the key holds an unhashable value
+            return _original(model_name, **fields)
         if model is None:
             model = _cache[key] = _original(model_name, **fields)
     return model
