@@ -36,8 +36,8 @@ def offline_models() -> dict[str, OfflineModel]:
     from nlicot import tiny, tiny_lm
 
     models = {tiny.TINY_NAME: OfflineModel(f"tiny-mistral-v3-{tiny.TINY_VERSION}", tiny.build_tiny)}
-    for name, recipe in tiny_lm.RECIPES.items():  # the pretrained offline bases
-        models[name] = OfflineModel(tiny_lm.folder_name(name), partial(tiny_lm.build, recipe))
+    for name in tiny_lm.RECIPES:  # the pretrained offline bases
+        models[name] = OfflineModel(tiny_lm.folder_name(name), partial(tiny_lm.build, name))
     return models
 
 

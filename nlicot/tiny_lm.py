@@ -13,15 +13,24 @@ brings and the thought's restating steps need. The folder is then loaded by the 
 Cost: only the few hundred tokens the text uses get an output row; every other row of the 32,768-token head
 is zero and stays zero, so the exact full-vocabulary softmax is the used rows plus one constant logit
 ``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2 cores.
-Deterministic (fixed seeds, one thread order) and cached atomically under ``nlicot.hub.cache_root()``.
+Deterministic for a given thread count (fixed seeds) and cached atomically under ``nlicot.hub.cache_root()``.
+
+Shipped: pretraining costs ~3 minutes on 2 cores, more than the demo's fine-tuning, so its result ships with the
+package (``weights/<name>-v<version>.safetensors``, ~0.5 MB): only what pretraining changes — the body and the
+used rows of the embedding and the head. Every other row is the seeded initialisation (embedding) or zero (head),
+so :func:`build` rebuilds the exact model from the seed plus that file, in seconds, and the numbers in README.md
+are the same on every machine. ``python -m nlicot.tiny_lm`` pretrains again and rewrites the file; a file whose
+recording of the recipe differs from :data:`RECIPES` is ignored (the model is pretrained instead).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nlicot.hub import load_v3_tokenizer
@@ -57,6 +66,11 @@ RECIPES = {
 def folder_name(name: str) -> str:
     """The cache folder of ``name``: it carries the recipe's version, so a changed recipe is rebuilt."""
     return f"{name}-mistral-v3-{RECIPES[name].version}"
+
+
+def weights_file(name: str) -> Path:
+    """The shipped result of ``name``'s pretraining."""
+    return Path(__file__).with_name("weights") / f"{name}-v{RECIPES[name].version}.safetensors"
 
 
 def _pretraining_batches(tokenizer, recipe: Recipe):
@@ -120,14 +134,11 @@ def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 50) -> list[floa
     return losses
 
 
-def build(recipe: Recipe, folder: Path) -> None:
-    """Build + pretrain + save into the empty ``folder`` (``nlicot.hub`` makes it atomic)."""
+def _initial_model(recipe: Recipe):
+    """The seeded, untrained model: pretraining starts from it, and the shipped weights are applied to it."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
-    tokenizer = load_v3_tokenizer(folder)
-    tokenizer.save_pretrained(folder)
     kwargs = tiny_config_kwargs() | {
         "hidden_size": recipe.hidden_size, "intermediate_size": recipe.intermediate_size,
         "num_hidden_layers": recipe.num_hidden_layers, "num_attention_heads": recipe.num_attention_heads,
@@ -135,7 +146,84 @@ def build(recipe: Recipe, folder: Path) -> None:
         "head_dim": recipe.hidden_size // recipe.num_attention_heads,
     }
     torch.manual_seed(recipe.seed)
-    model = MistralForCausalLM(MistralConfig(**kwargs))
-    pretrain(model, tokenizer, recipe)
+    return MistralForCausalLM(MistralConfig(**kwargs))
+
+
+def trained_part(model) -> dict:
+    """What pretraining changed: the body, and the rows of the embedding and the head with a non-zero head row
+    (the used tokens; :func:`pretrain` zeroes every other head row and never updates their embedding)."""
+    used = model.lm_head.weight.detach().abs().sum(-1).nonzero().flatten()
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith(("lm_head.", "model.embed_tokens."))}
+    return body | {"used_ids": used, "used_embedding": model.get_input_embeddings().weight.detach()[used],
+                   "used_head": model.lm_head.weight.detach()[used]}
+
+
+def _apply_trained(model, trained: dict) -> None:
+    import torch
+
+    used = trained.pop("used_ids")
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[used] = trained.pop("used_head")
+        model.get_input_embeddings().weight[used] = trained.pop("used_embedding")
+    missing, unexpected = model.load_state_dict(trained, strict=False)
+    assert not unexpected and set(missing) == {"lm_head.weight", "model.embed_tokens.weight"}, (missing, unexpected)
+    model.eval()
+
+
+def _shipped(name: str) -> dict | None:
+    """The shipped weights of ``name``, if they exist and were made by today's recipe."""
+    from safetensors import safe_open
+
+    path = weights_file(name)
+    if not path.is_file():
+        return None
+    with safe_open(path, "pt") as f:
+        if json.loads(f.metadata()["recipe"]) != asdict(RECIPES[name]):
+            print(f"{path} was made by another recipe: pretraining {name} instead", file=sys.stderr)
+            return None
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def build(name: str, folder: Path) -> None:
+    """Write ``name`` into the empty ``folder`` (``nlicot.hub`` makes it atomic): the seeded model plus the shipped
+    weights, or plus a fresh pretraining where none ship."""
+    recipe = RECIPES[name]
+    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
+    tokenizer = load_v3_tokenizer(folder)
+    tokenizer.save_pretrained(folder)
+    model = _initial_model(recipe)
+    trained = _shipped(name)
+    if trained is None:
+        pretrain(model, tokenizer, recipe)
+    else:
+        _apply_trained(model, trained)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
+
+
+def write_weights(name: str) -> Path:
+    """Pretrain ``name`` from scratch and (atomically) rewrite its shipped weights file."""
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    recipe = RECIPES[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copyfile(mistral_v3_tokenizer_file(), Path(tmp) / "tokenizer.model")
+        tokenizer = load_v3_tokenizer(tmp)
+    model = _initial_model(recipe)
+    pretrain(model, tokenizer, recipe)
+    path = weights_file(name)
+    path.parent.mkdir(exist_ok=True)
+    part = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in trained_part(model).items()}, part,
+              metadata={"recipe": json.dumps(asdict(recipe)), "torch": torch.__version__,
+                        "threads": str(torch.get_num_threads())})
+    part.replace(path)
+    return path
+
+
+if __name__ == "__main__":  # python -m nlicot.tiny_lm [NAME]: pretrain again and rewrite the shipped weights
+    print(write_weights(sys.argv[1] if len(sys.argv) > 1 else "tiny-nli"))

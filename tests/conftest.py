@@ -38,8 +38,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under xdist, the controller builds the offline models before any worker starts, with every thread: else
-    two workers would each pretrain ``tiny-nli`` (minutes) at the same time, and keep only one of the copies."""
+    """Under xdist, the controller builds the offline models before any worker starts: else two workers would
+    each build the same one at the same time and keep only one copy (seconds from the shipped weights, minutes
+    where ``tiny-nli`` must be pretrained)."""
     config = session.config
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
         return

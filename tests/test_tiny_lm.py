@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -39,3 +40,62 @@ def test_tokenizer_without_inst_tokens_is_a_clear_template_error():
         assert "SmolLM2" in str(e) and "[INST]" in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_pretraining_changes_only_the_body_and_the_used_rows_so_the_shipped_part_rebuilds_it_exactly(tokenizer):
+    """The claim the shipped weights rest on: a pretrained model equals the seeded initial model plus
+    ``trained_part`` (the embedding rows of unused tokens keep their initial values, their head rows stay 0)."""
+    import dataclasses
+
+    import torch
+
+    from nlicot import tiny_lm
+
+    recipe = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
+    initial = tiny_lm._initial_model(recipe)
+    pretrained = tiny_lm._initial_model(recipe)
+    tiny_lm.pretrain(pretrained, tokenizer, recipe, log_every=0)
+    part = tiny_lm.trained_part(pretrained)
+    _, used = tiny_lm._pretraining_batches(tokenizer, recipe)
+    assert part["used_ids"].tolist() == used  # every used token has a head row, no other token has one
+    rebuilt = tiny_lm._initial_model(recipe)
+    tiny_lm._apply_trained(rebuilt, dict(part))
+    want, got, start = pretrained.state_dict(), rebuilt.state_dict(), initial.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
+    assert not torch.equal(want["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_shipped_tiny_nli_is_todays_recipe_and_is_used_without_pretraining(tmp_path, monkeypatch, tokenizer):
+    from dataclasses import asdict
+
+    from safetensors import safe_open
+
+    from nlicot import tiny_lm
+
+    with safe_open(tiny_lm.weights_file("tiny-nli"), "pt") as f:
+        assert json.loads(f.metadata()["recipe"]) == asdict(tiny_lm.RECIPES["tiny-nli"])  # else it would be ignored
+        used = f.get_tensor("used_ids").tolist()
+    _, text_ids = tiny_lm._pretraining_batches(tokenizer, tiny_lm.RECIPES["tiny-nli"])
+    assert used == text_ids  # made from today's pretraining text
+
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("pretrained although weights ship")
+
+    monkeypatch.setattr(tiny_lm, "pretrain", no_pretraining)
+    tiny_lm.build("tiny-nli", tmp_path)
+    from transformers import MistralForCausalLM
+
+    model = MistralForCausalLM.from_pretrained(tmp_path)
+    assert model.lm_head.weight.abs().sum(-1).nonzero().flatten().tolist() == used
+
+
+def test_weights_of_another_recipe_are_ignored_and_the_model_is_pretrained(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from nlicot import tiny_lm
+
+    changed = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=2, texts=20, batch_size=2)
+    monkeypatch.setitem(tiny_lm.RECIPES, "tiny-nli", changed)  # same version, so the same file name
+    tiny_lm.build("tiny-nli", tmp_path)
+    assert "was made by another recipe: pretraining tiny-nli instead" in capsys.readouterr().err
+    assert (tmp_path / "model.safetensors").is_file()
