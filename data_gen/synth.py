@@ -122,9 +122,14 @@ def _number(rng: random.Random, name: str, obj: str, label: int) -> Example:
              f"{have} is {'not ' if label else ''}fewer than {need}"))
 
 
-def _compared(a: str, b: str, label: int, same: str, different: str) -> str:
-    """Step 3 of the phenomena decided by one equality: "a and b are the same X" / "… different Xs"."""
-    return f"{a} and {b} are {same if label else different}"
+def _compared(a: str, b: str, label: int) -> str:
+    """Step 3 of the phenomena decided by one equality: "a is b" / "a is not b".
+
+    The verdict ("is" / "is not") comes right after the premise's value and before the hypothesis's is written,
+    as in the number phenomenon's "two is fewer than seven": measured on the tiny base, "a and b are the same X"
+    (verdict after both values) left colours and days at chance, this order lifts them to ~1.0
+    (benchmarks/README.md, "Learning")."""
+    return f"{a} is {'' if label else 'not '}{b}"
 
 
 def _swap(rng: random.Random, name: str, obj: str, label: int) -> Example:
@@ -132,20 +137,23 @@ def _swap(rng: random.Random, name: str, obj: str, label: int) -> Example:
     h, giver = (f"{other} got the {obj} from {name}.", name) if label else (f"{name} got the {obj} from {other}.", other)
     return (f"{name} gave {other} the {obj}.", h,
             (f"the premise makes {name} the giver", f"the hypothesis makes {giver} the giver",
-             _compared(name, giver, label, "the same person", "different people")))
+             _compared(name, giver, label)))
 
 
 def _hypernym(rng: random.Random, name: str, obj: str, label: int) -> Example:
+    # Step 1 looks the premise's word up in the lexicon (an object's kind, or "a whole kind" for a hypernym), so
+    # that step 3 is one equality of two kinds, written like the other equality phenomena.
     hyper, verb = LEXICON[obj], rng.choice(HYPERNYM_VERBS)
+    kind = f", {_a(hyper)}"
     if label:
-        said, heard, why = obj, hyper, f"{_a(obj)} is always {_a(hyper)}"
+        said, heard, why = obj, hyper, _compared(_a(hyper), _a(hyper), label)
     elif rng.random() < 0.5:  # the reverse direction: the general word does not give the specific one
-        said, heard, why = hyper, obj, f"{_a(hyper)} need not be {_a(obj)}"
+        said, heard, why, kind = hyper, obj, f"{_a(hyper)} need not be {_a(obj)}", ", a whole kind"
     else:
         wrong = rng.choice(sorted({h for h in LEXICON.values() if h != hyper}))
-        said, heard, why = obj, wrong, f"{_a(obj)} is never {_a(wrong)}"
+        said, heard, why = obj, wrong, _compared(_a(hyper), _a(wrong), label)
     return (f"{name} {verb} {_a(said)}.", f"{name} {verb} {_a(heard)}.",
-            (f"the premise names {_a(said)}", f"the hypothesis names {_a(heard)}", why))
+            (f"the premise names {_a(said)}{kind}", f"the hypothesis names {_a(heard)}", why))
 
 
 def _same_or_other(rng: random.Random, values: Sequence[str], label: int) -> tuple[str, str]:
@@ -158,7 +166,7 @@ def _colour(rng: random.Random, name: str, obj: str, label: int) -> Example:
     colour, other = _same_or_other(rng, COLOURS, label)
     return (f"{name} has {_a(colour + ' ' + obj)}.", f"The {obj} that {name} has is {other}.",
             (f"the premise says the {obj} is {colour}", f"the hypothesis says it is {other}",
-             _compared(colour, other, label, "the same colour", "different colours")))
+             _compared(colour, other, label)))
 
 
 def _quantifier(rng: random.Random, name: str, obj: str, label: int) -> Example:
@@ -177,7 +185,7 @@ def _time(rng: random.Random, name: str, obj: str, label: int) -> Example:
     day, other = _same_or_other(rng, DAYS, label)
     return (f"{name} washed the {obj} on {day}.", f"On {other}, {name} washed the {obj}.",
             (f"the premise says it was on {day}", f"the hypothesis says on {other}",
-             _compared(day, other, label, "the same day", "different days")))
+             _compared(day, other, label)))
 
 
 MAKERS: dict[str, Callable[[random.Random, str, str, int], Example]] = {
