@@ -53,10 +53,14 @@ def resolve_model_path(name_or_path: str) -> str:
         return name_or_path
     dest = cache_root() / offline.folder
     if not (dest / "config.json").is_file():
+        import torch
+
         from nlicot.atomic import atomic_dir
 
-        with atomic_dir(dest) as tmp:  # another process building the same folder at once: its copy is kept
-            offline.build(tmp)
+        # The builders seed torch themselves; without the fork, a run that builds the base (the first from a clean
+        # cache) would initialise its LoRA from another random state than every later run, and train differently.
+        with atomic_dir(dest) as tmp, torch.random.fork_rng(devices=[]):
+            offline.build(tmp)  # another process building the same folder at once: its copy is kept
     return str(dest)
 
 
