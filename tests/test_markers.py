@@ -26,22 +26,32 @@ def _marked_slow(node: ast.AST) -> bool:
     return any("slow" in ast.unparse(d) for d in getattr(node, "decorator_list", []))
 
 
+def _starting(tree: ast.Module, imported: set[str] = frozenset()) -> tuple[dict[str, ast.FunctionDef], set[str]]:
+    """A module's functions, and the names of those that start nlicot (directly, or through a helper, a fixture
+    or an ``imported`` helper of another module)."""
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    builders = {name for name, fn in functions.items() if _names_nlicot(fn)}
+    starting = {name for name, fn in functions.items() if "subprocess." in ast.unparse(fn)
+                and (name in builders or _uses(fn) & builders)} | set(imported)
+    while True:  # helpers and fixtures that reach a starting function start it too
+        more = {name for name, fn in functions.items() if name not in starting and _uses(fn) & starting}
+        if not more:
+            return functions, starting
+        starting |= more
+
+
 def unmarked_tests_starting_nlicot() -> list[str]:
+    helpers = {path.stem: _starting(ast.parse(path.read_text()))[1] for path in TESTS.rglob("*.py")
+               if not path.name.startswith(("test_", "conftest"))}  # shared helper modules (heldout_fit.py, …)
     found = []
     for path in sorted(TESTS.rglob("test_*.py")):
         tree = ast.parse(path.read_text())
         module_slow = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
                           and "slow" in ast.unparse(n.value) for n in tree.body)
-        functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-        builders = {name for name, fn in functions.items() if _names_nlicot(fn)}
-        starting = {name for name, fn in functions.items() if "subprocess." in ast.unparse(fn)
-                    and (name in builders or _uses(fn) & builders)}
-        while True:  # helpers and fixtures that reach a starting function start it too
-            more = {name for name, fn in functions.items() if name not in starting and _uses(fn) & starting}
-            if not more:
-                break
-            starting |= more
-        for name in sorted(starting):
+        imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.module in helpers
+                    for a in n.names if a.name in helpers[n.module]}
+        functions, starting = _starting(tree, imported)
+        for name in sorted(starting & set(functions)):
             if name.startswith("test_") and not (module_slow or _marked_slow(functions[name])):
                 found.append(f"{path.relative_to(TESTS)}::{name}")
     return found
@@ -62,3 +72,17 @@ def test_the_detector_sees_a_subprocess_behind_a_helper_and_a_fixture(tmp_path, 
     )
     monkeypatch.setattr(__import__(__name__, fromlist=["TESTS"]), "TESTS", tmp_path)
     assert unmarked_tests_starting_nlicot() == ["test_probe.py::test_uses_fixture"]
+
+
+def test_the_detector_follows_a_helper_imported_from_another_module(tmp_path, monkeypatch) -> None:
+    (tmp_path / "runner.py").write_text(
+        "import subprocess, sys\n"
+        "def fit(*a):\n    return subprocess.run([sys.executable, '-m', 'nlicot', 'fit', *a])\n"
+    )
+    (tmp_path / "test_probe.py").write_text(
+        "from runner import fit\n"
+        "def test_unmarked():\n    fit()\n"
+        "def test_plain():\n    assert 1\n"
+    )
+    monkeypatch.setattr(__import__(__name__, fromlist=["TESTS"]), "TESTS", tmp_path)
+    assert unmarked_tests_starting_nlicot() == ["test_probe.py::test_unmarked"]
