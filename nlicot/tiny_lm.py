@@ -167,7 +167,8 @@ def _apply_trained(model, trained: dict) -> None:
         model.lm_head.weight[used] = trained.pop("used_head")
         model.get_input_embeddings().weight[used] = trained.pop("used_embedding")
     missing, unexpected = model.load_state_dict(trained, strict=False)
-    assert not unexpected and set(missing) == {"lm_head.weight", "model.embed_tokens.weight"}, (missing, unexpected)
+    if unexpected or set(missing) != {"lm_head.weight", "model.embed_tokens.weight"}:
+        raise ValueError(f"shipped weights do not fit the recipe's model: missing {missing}, unexpected {unexpected}")
     model.eval()
 
 

@@ -99,3 +99,27 @@ def test_weights_of_another_recipe_are_ignored_and_the_model_is_pretrained(tmp_p
     tiny_lm.build("tiny-nli", tmp_path)
     assert "was made by another recipe: pretraining tiny-nli instead" in capsys.readouterr().err
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_write_weights_makes_a_file_that_build_turns_back_into_the_pretrained_model(tmp_path, monkeypatch):
+    """``python -m nlicot.tiny_lm`` (a short recipe here): the file it writes rebuilds its pretraining exactly."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from nlicot import tiny_lm
+
+    short = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
+    monkeypatch.setitem(tiny_lm.RECIPES, "tiny-nli", short)
+    monkeypatch.setattr(tiny_lm, "weights_file", lambda name: tmp_path / "weights" / f"{name}.safetensors")
+    written = tiny_lm.write_weights("tiny-nli")
+    assert written == tmp_path / "weights" / "tiny-nli.safetensors" and not list(written.parent.glob("*.tmp"))
+    shipped, pretrained = tmp_path / "shipped", tmp_path / "pretrained"
+    shipped.mkdir()
+    pretrained.mkdir()
+    tiny_lm.build("tiny-nli", shipped)  # from the file
+    written.unlink()
+    tiny_lm.build("tiny-nli", pretrained)  # no file: pretrains the same short recipe
+    a, b = load_file(shipped / "model.safetensors"), load_file(pretrained / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
