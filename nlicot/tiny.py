@@ -51,14 +51,21 @@ def mistral_v3_tokenizer_file() -> Path:
     return path
 
 
+def write_v3_tokenizer(folder: Path):
+    """Put the real Mistral v3 tokenizer into ``folder`` (tokenizer.model + tokenizer.json, as on the hub) and
+    return it loaded: every offline model starts with this."""
+    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
+    tokenizer = load_v3_tokenizer(folder)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def build_tiny(folder: Path) -> None:
     """Write the tiny model + tokenizer into the empty ``folder`` (the caller makes that atomic)."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
-    tokenizer = load_v3_tokenizer(folder)
-    tokenizer.save_pretrained(folder)  # adds tokenizer.json beside tokenizer.model, as on the hub
+    tokenizer = write_v3_tokenizer(folder)
     torch.manual_seed(TINY_SEED)
     model = MistralForCausalLM(MistralConfig(**tiny_config_kwargs()))
     # A wide output head (logit std ~2.4 instead of ~0.16) so that a LoRA on the attention can move the

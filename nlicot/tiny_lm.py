@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nlicot.hub import load_v3_tokenizer
-from nlicot.tiny import mistral_v3_tokenizer_file, tiny_config_kwargs
+from nlicot.tiny import tiny_config_kwargs, write_v3_tokenizer
 
 
 @dataclass(frozen=True)
@@ -190,9 +188,7 @@ def build(name: str, folder: Path) -> None:
     """Write ``name`` into the empty ``folder`` (``nlicot.hub`` makes it atomic): the seeded model plus the shipped
     weights, or plus a fresh pretraining where none ship."""
     recipe = RECIPES[name]
-    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
-    tokenizer = load_v3_tokenizer(folder)
-    tokenizer.save_pretrained(folder)
+    tokenizer = write_v3_tokenizer(folder)
     model = _initial_model(recipe)
     trained = _shipped(name)
     if trained is None:
@@ -212,8 +208,7 @@ def write_weights(name: str) -> Path:
 
     recipe = RECIPES[name]
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(mistral_v3_tokenizer_file(), Path(tmp) / "tokenizer.model")
-        tokenizer = load_v3_tokenizer(tmp)
+        tokenizer = write_v3_tokenizer(Path(tmp))
     model = _initial_model(recipe)
     pretrain(model, tokenizer, recipe)
     path = weights_file(name)
