@@ -133,10 +133,10 @@ def main() -> int:
     args = parser.parse_args()
     print("machine:", ", ".join(f"{k} {v}" for k, v in machine().items()))
 
-    from nlicot import hub, tiny_lm
+    from nlicot import hub
 
     start = time.perf_counter()
-    was_cached = (hub.cache_root() / tiny_lm.folder_name("tiny-nli")).is_dir()
+    was_cached = hub.is_built("tiny-nli")
     hub.resolve_model_path("tiny-nli")
     base_s = time.perf_counter() - start
     print(f"tiny-nli base: {'cached' if was_cached else f'built in {base_s:.0f} s'}")

@@ -41,6 +41,11 @@ def offline_models() -> dict[str, OfflineModel]:
     return models
 
 
+def is_built(name: str) -> bool:
+    """Whether the offline model ``name`` is already in the cache (a folder is only there once complete)."""
+    return (cache_root() / offline_models()[name].folder / "config.json").is_file()
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map an offline name to its cached folder (building it on first use); pass hub ids and paths through."""
     models = offline_models()
@@ -52,7 +57,7 @@ def resolve_model_path(name_or_path: str) -> str:
             )
         return name_or_path
     dest = cache_root() / offline.folder
-    if not (dest / "config.json").is_file():
+    if not is_built(name_or_path):
         import torch
 
         from nlicot.atomic import atomic_dir

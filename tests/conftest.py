@@ -44,10 +44,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
         return
-    from nlicot.hub import cache_root, offline_models, resolve_model_path
+    from nlicot.hub import is_built, offline_models, resolve_model_path
 
-    for name, model in offline_models().items():
-        if (cache_root() / model.folder).is_dir():
+    for name in offline_models():
+        if is_built(name):
             continue
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # pretraining's progress lines
