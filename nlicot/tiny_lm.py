@@ -157,8 +157,10 @@ def trained_part(model) -> dict:
 
 
 def _apply_trained(model, trained: dict) -> None:
+    """Write :func:`trained_part`'s tensors into the seeded ``model`` (``trained`` itself is left as it is)."""
     import torch
 
+    trained = dict(trained)
     used = trained.pop("used_ids")
     with torch.no_grad():
         model.lm_head.weight.zero_()

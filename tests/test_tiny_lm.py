@@ -59,7 +59,7 @@ def test_pretraining_changes_only_the_body_and_the_used_rows_so_the_shipped_part
     _, used = tiny_lm._pretraining_batches(tokenizer, recipe)
     assert part["used_ids"].tolist() == used  # every used token has a head row, no other token has one
     rebuilt = tiny_lm._initial_model(recipe)
-    tiny_lm._apply_trained(rebuilt, dict(part))
+    tiny_lm._apply_trained(rebuilt, part)
     want, got, start = pretrained.state_dict(), rebuilt.state_dict(), initial.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
     assert not torch.equal(want["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
