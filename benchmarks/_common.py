@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,9 +106,9 @@ def sft_start(adapter: Path | None) -> tuple[Path, float | None]:
     return (adapter, None) if adapter is not None else undertrained_sft_adapter()
 
 
-def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, float]:
-    """Greedy accuracy (parse failures count as wrong), parse rate and mean generated tokens of an adapter folder
-    on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""
+def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, Any]:
+    """Greedy accuracy (parse failures count as wrong, overall and by phenomenon), parse rate and mean generated
+    tokens of an adapter folder on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""
     import json
 
     from nlicot.corpus import load_rows
@@ -122,11 +123,16 @@ def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test"
     ids = encode_prompts(module.tokenizer, [r["premise"] for r in data], [r["hypothesis"] for r in data])
     recs = module.predict_records([dict(r, prompt_ids=p) for r, p in zip(data, ids, strict=True)])
     n = len(recs)
+    phenomenon = {r["id"]: r["phenomenon"] for r in map(json.loads, (SYNTH / f"{split}.jsonl").open())}
+    by_kind: dict[str, list[bool]] = {}
+    for rec in recs:
+        by_kind.setdefault(phenomenon[rec["id"]], []).append(rec["predicted_label"] == rec["label"])
     return {
         "rows": n,
         "accuracy": sum(r["predicted_label"] == r["label"] for r in recs) / n,
         "parse_rate": sum(r["parse_ok"] for r in recs) / n,
         "generated_tokens": sum(r["generated_tokens"] for r in recs) / n,
+        "by_phenomenon": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_kind.items())},
     }
 
 

@@ -1,6 +1,7 @@
 """Does GRPO raise greedy test accuracy of a deliberately under-trained SFT adapter, without longer answers?
 
     python benchmarks/grpo.py [--grpo-steps 30] [--test-rows 420] [--budget-minutes 20] [--json out.json]
+                              [--fit-arg model.init_args.kl_coef=0 ...]
 
 1. The shared under-trained SFT adapter (``_common.undertrained_sft_adapter``: the learnable synthetic set on the
    pretrained offline base, stopped early on purpose; cached, also the self-consistency benchmark's start).
@@ -20,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from _common import REPO, greedy_test_eval, machine, sft_start
 TARGET_POINTS = 10.0
 
 
-def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None) -> float:
+def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None, fit_args: list[str]) -> float:
     """Wall seconds of the whole GRPO fit process (the budget counts everything a user waits for)."""
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
            f"--model.init_args.adapter_path={adapter}", f"--trainer.max_steps={steps}",
@@ -37,6 +39,7 @@ def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None) 
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # validation is not the budget
     if learning_rate is not None:
         cmd.append(f"--model.init_args.learning_rate={learning_rate}")
+    cmd += [f"--{a.removeprefix('--')}" for a in fit_args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -53,21 +56,24 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
     parser.add_argument("--learning-rate", type=float, default=None, help="GRPO peak LR (default: configs/grpo.yaml)")
+    parser.add_argument("--fit-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more setting for the GRPO fit, e.g. model.init_args.kl_coef=0 (repeatable)")
     args = parser.parse_args()
 
     adapter, sft_seconds = sft_start(args.adapter)
     before = greedy_test_eval(adapter, args.test_rows)
     print(f"SFT (under-trained) adapter {adapter}: test accuracy {before['accuracy']:.3f}, "
           f"parse rate {before['parse_rate']:.3f}, {before['generated_tokens']:.1f} generated tokens/answer")
-    out = args.out / time.strftime("%Y%m%d-%H%M%S")
-    seconds = run_grpo(adapter, out, args.grpo_steps, args.learning_rate)
+    args.out.mkdir(parents=True, exist_ok=True)  # one folder per run: two runs started in one second must not share it
+    out = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=args.out))
+    seconds = run_grpo(adapter, out, args.grpo_steps, args.learning_rate, args.fit_arg)
     after = greedy_test_eval(out / "ckpt" / "adapter", args.test_rows)
     gain = 100 * (after["accuracy"] - before["accuracy"])
     longer = after["generated_tokens"] - before["generated_tokens"]
     within = seconds <= 60 * args.budget_minutes
     result = {
         "machine": machine(), "sft_seconds": sft_seconds, "grpo_steps": args.grpo_steps, "grpo_seconds": seconds,
-        "budget_minutes": args.budget_minutes, "test_rows": before["rows"], "before": before, "after": after,
+        "budget_minutes": args.budget_minutes, "fit_args": args.fit_arg, "test_rows": before["rows"], "before": before, "after": after,
         "gain_points": gain, "length_change_tokens": longer,
         "met": {"gain": gain >= TARGET_POINTS and within, "length": longer <= 0.0, "budget": within},
         "run": str(out),

@@ -11,9 +11,11 @@ One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_gene
 
 Why each choice:
 
-* **Reference = the base with the adapter disabled** (peft ``disable_adapter()``): no second 4-bit model in
-  memory. It is the *pre-SFT* base, so the KL measures how far the adapter as a whole has moved; it does not
-  start at 0 from an SFT adapter, and ``kl_coef`` should be small (see docs/grpo.md).
+* **Reference = the same base, no second model in memory**, either with the adapter disabled (``kl_reference:
+  base``, peft ``disable_adapter()``: the *pre-SFT* model, so from an SFT adapter the KL starts far above 0 and
+  measures the whole adapter) or with the *starting* adapter's weights swapped in for the reference forward
+  (``kl_reference: start``, a copy of the adapter only: the KL starts at 0 and measures what GRPO changed, the
+  anchor that keeps phenomena the group rewards say nothing about from drifting; benchmarks/README.md, "GRPO").
 * **Old log-probs from the sampling policy**: sampling runs in eval mode (no dropout); the policy forward runs
   in train mode. With ``lora_dropout > 0`` the two differ and ρ ≠ 1 even on the first step, which is what the
   clip is for; with no active dropout ρ = 1 exactly and the extra forward is skipped.
@@ -44,6 +46,8 @@ from nlicot.parsing import extract_prediction
 
 #: Reward terms in the order they are logged; the total is their weighted sum.
 REWARD_TERMS = ("correct", "format", "brevity")
+#: What the KL is measured against (``kl_reference``): the base with the adapter off, or the starting adapter.
+KL_REFERENCES = ("base", "start")
 _STD_FLOOR = 1e-6
 
 
@@ -188,6 +192,7 @@ class GRPOModule(NLICoTModule):
         num_generations: int = 8,
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.01,
+        kl_reference: str = "base",
         reward_correct: float = 1.0,
         reward_format: float = 0.5,
         reward_brevity: float = 0.5,
@@ -198,7 +203,9 @@ class GRPOModule(NLICoTModule):
         Args:
             num_generations: G, completions sampled per prompt (≥ 2: advantages compare within the group).
             clip_epsilon: PPO ratio clip ε (> 0).
-            kl_coef: β of the k3 KL to the base with the adapter disabled (≥ 0; 0 skips the reference forward).
+            kl_coef: β of the k3 KL to the reference policy (≥ 0; 0 skips the reference forward).
+            kl_reference: ``base`` = the base with the adapter disabled; ``start`` = the adapter GRPO started
+                from (``adapter_path``; a fresh LoRA is the base), kept as a frozen copy of the adapter weights.
             reward_correct: weight of "parsed label equals gold" (1/0).
             reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
             reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
@@ -213,6 +220,7 @@ class GRPOModule(NLICoTModule):
         self.save_hyperparameters()
         self._last_samples: list[dict[str, Any]] = []
         self._figures: dict[str, float] = {}
+        self._start_weights: dict[str, torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
         """Refuse settings that cannot work, before the base model is loaded.
@@ -229,6 +237,8 @@ class GRPOModule(NLICoTModule):
             problems.append(f"model.clip_epsilon={h.clip_epsilon} must be > 0")
         if h.kl_coef < 0:
             problems.append(f"model.kl_coef={h.kl_coef} must be >= 0")
+        if h.kl_reference not in KL_REFERENCES:
+            problems.append(f"model.kl_reference={h.kl_reference!r} must be one of {', '.join(KL_REFERENCES)}")
         if not 0 <= h.brevity_free_tokens < h.max_new_tokens:
             problems.append(f"model.brevity_free_tokens={h.brevity_free_tokens} must be in [0, model.max_new_tokens="
                             f"{h.max_new_tokens})")
@@ -239,9 +249,18 @@ class GRPOModule(NLICoTModule):
 
     # -------------------------------------------------------------- start adapter
     def configure_model(self) -> None:
-        """NLICoTModule's loading; an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights."""
+        """NLICoTModule's loading; an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights.
+
+        With ``kl_reference: start`` the starting adapter is copied here, before a resumed run's checkpoint
+        overwrites the live weights: the reference stays what the run started from.
+        """
         if self.model is not None:
             return
+        self._load_start()
+        if self.hparams.kl_reference == "start":
+            self._start_weights = {k: v.clone() for k, v in self.adapter_state_dict().items()}
+
+    def _load_start(self) -> None:
         start = self.hparams.adapter_path
         if not start or not Path(start).is_file():
             return super().configure_model()
@@ -323,6 +342,26 @@ class GRPOModule(NLICoTModule):
         out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
         return out.masked_scatter(mask, picked)
 
+    def reference_logps(self, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log π_ref: the base with the adapter off, or the starting adapter's weights swapped in and back.
+
+        The swap writes into the live parameters, so it must run before the policy forward that autograd records
+        (an in-place change of a saved tensor would void the backward pass).
+        """
+        if self._start_weights is None:
+            return self._eval_logps(layout, adapter=False)
+        params = dict(self.named_parameters())
+        live = {k: params[k].detach().clone() for k in self._start_weights}
+        try:
+            with torch.no_grad():
+                for k, w in self._start_weights.items():
+                    params[k].copy_(w)
+            return self._eval_logps(layout, adapter=True)
+        finally:
+            with torch.no_grad():
+                for k, w in live.items():
+                    params[k].copy_(w)
+
     def _eval_logps(self, layout: dict[str, torch.Tensor], adapter: bool) -> torch.Tensor:
         """No-grad log-probs in eval mode: the sampling policy (``adapter``) or the reference (adapter off)."""
         was_training = self.model.training
@@ -352,9 +391,9 @@ class GRPOModule(NLICoTModule):
         advantages = group_advantages(reward.view(len(batch), g)).view(-1).to(self.device)
 
         layout = self._layout(prompts, completions)
+        ref = self.reference_logps(layout) if h.kl_coef > 0 else None  # before the recorded forward (see there)
         logps = self.completion_logps(layout)
         old = self._eval_logps(layout, adapter=True) if self._has_active_dropout() else logps.detach()
-        ref = self._eval_logps(layout, adapter=False) if h.kl_coef > 0 else None
         loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], h.clip_epsilon, h.kl_coef)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "

@@ -177,6 +177,33 @@ def test_kl_to_the_adapter_disabled_base_is_zero_for_a_zero_lora_and_positive_af
     assert module.model.training  # eval-mode passes restore the mode they found
 
 
+def test_kl_to_the_start_adapter_is_zero_at_the_start_and_the_swap_leaves_the_live_weights(
+    tiny_path, prompts, tokenizer
+) -> None:
+    module = GRPOModule(**SMALL, lora_dropout=0.0, kl_reference="start")
+    module.configure_model()
+    with torch.no_grad():  # a start adapter far from the base (as an SFT adapter is)
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    module._start_weights = {k: v.clone() for k, v in module.adapter_state_dict().items()}
+    layout = module._layout(prompts, made_completions(tokenizer))
+    mask = layout["completion_mask"]
+    base = module._eval_logps(layout, adapter=False)
+    assert k3_kl(module._eval_logps(layout, adapter=True), base)[mask].mean().item() > 1e-3
+    assert k3_kl(module._eval_logps(layout, adapter=True), module.reference_logps(layout))[mask].abs().max() < 1e-7
+    with torch.no_grad():  # GRPO moves the adapter
+        for name, p in module.model.named_parameters():
+            if "lora_A" in name:
+                p.add_(0.3)
+    live = {k: v.clone() for k, v in module.adapter_state_dict().items()}
+    ref = module.reference_logps(layout)
+    assert all(torch.equal(v, live[k]) for k, v in module.adapter_state_dict().items())  # swapped back exactly
+    policy = module._eval_logps(layout, adapter=True)
+    assert k3_kl(policy, ref)[mask].mean().item() > 1e-3
+    assert not torch.allclose(ref, base)  # the start adapter, not the adapter-off base
+
+
 def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
     rows = [{"id": f"row{i}", "prompt_ids": p} for i, p in enumerate(prompts)]
     first = grpo.sample(rows)
@@ -204,6 +231,7 @@ def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
     [({"num_generations": 1}, "model.num_generations=1 must be >= 2"),
      ({"clip_epsilon": 0.0}, "model.clip_epsilon=0.0 must be > 0"),
      ({"kl_coef": -0.1}, "model.kl_coef=-0.1 must be >= 0"),
+     ({"kl_reference": "sft"}, "model.kl_reference='sft' must be one of base, start"),
      ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)")],
 )
 def test_bad_settings_are_refused_before_the_model_loads(override, message) -> None:
@@ -250,11 +278,12 @@ def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
     saved = torch.load(sft_run / "last.ckpt", weights_only=True)["state_dict"]
     loaded = {}
     for start in (sft_run / "last.ckpt", sft_run / "adapter"):
-        module = GRPOModule(**(SMALL | {"lora_r": 32, "adapter_path": str(start)}))  # the adapter's own r wins
-        module.configure_model()
+        module = GRPOModule(**(SMALL | {"lora_r": 32, "adapter_path": str(start), "kl_reference": "start"}))
+        module.configure_model()  # the adapter's own r wins
         state = module.adapter_state_dict()
-        assert state.keys() == saved.keys()
-        assert all(torch.equal(state[k], saved[k]) for k in saved), start
+        assert state.keys() == saved.keys() == module._start_weights.keys()
+        assert all(torch.equal(state[k], saved[k]) and torch.equal(module._start_weights[k], saved[k])
+                   for k in saved), start
         assert module.model.peft_config["default"].r == 4
         loaded[start.name] = module
     assert any(v.abs().max() > 0 for k, v in saved.items() if "lora_B" in k)  # SFT moved it off zero
@@ -264,7 +293,7 @@ def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
 FAST = ["--model.max_new_tokens=24", "--model.brevity_free_tokens=8", "--model.num_generations=4",
         "--data.micro_batch_size=2", "--trainer.limit_val_batches=0",
         "--checkpoint.every_n_train_steps=2", "--model.learning_rate=1e-2", "--model.warmup_steps=2",
-        "--model.kl_coef=0.05", "--trainer.enable_progress_bar=false"]
+        "--model.kl_coef=0.05", "--model.kl_reference=start", "--trainer.enable_progress_bar=false"]
 
 
 def grpo_cmd(root: Path, adapter: Path, *extra: str) -> list[str]:
@@ -294,7 +323,9 @@ def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_ru
                 "grpo/reward_format", "grpo/reward_brevity", "grpo/kl", "grpo/clip_fraction",
                 "grpo/completion_tokens", "grpo/group_accuracy"):
         assert sorted(ref[tag]) == list(range(steps)), tag
-    assert ref["grpo/kl"][0] > 0  # the SFT adapter is not the base
+    # the reference is the start adapter: at step 0 only the train-mode forward's LoRA dropout separates the
+    # policy from it; the resumed run below must rebuild it from adapter_path, not from the checkpoint it resumes
+    assert ref["grpo/kl"][0] < 0.01
     assert max(ref["train/grad_norm"].values()) > 0
 
     killed = tmp_path / "killed"
