@@ -1,6 +1,6 @@
 """Does GRPO raise greedy test accuracy of a deliberately under-trained SFT adapter, without longer answers?
 
-    python benchmarks/grpo.py [--grpo-steps 30] [--test-rows 420] [--budget-minutes 20] [--json out.json]
+    python benchmarks/grpo.py [--grpo-steps 60] [--test-rows 420] [--budget-minutes 20] [--json out.json]
                               [--fit-arg model.init_args.kl_coef=0 ...]
 
 1. The shared under-trained SFT adapter (``_common.undertrained_sft_adapter``: the learnable synthetic set on the
@@ -49,7 +49,7 @@ def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grpo-steps", type=int, default=30)
+    parser.add_argument("--grpo-steps", type=int, default=60)
     parser.add_argument("--test-rows", type=int, default=420, help="first N rows of data/synth/test.jsonl")
     parser.add_argument("--budget-minutes", type=float, default=20.0, help="stated CPU budget for the GRPO run")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
