@@ -350,17 +350,18 @@ class GRPOModule(NLICoTModule):
         """
         if self._start_weights is None:
             return self._eval_logps(layout, adapter=False)
-        params = dict(self.named_parameters())
-        live = {k: params[k].detach().clone() for k in self._start_weights}
+        self._swap_start_weights()
         try:
-            with torch.no_grad():
-                for k, w in self._start_weights.items():
-                    params[k].copy_(w)
             return self._eval_logps(layout, adapter=True)
         finally:
-            with torch.no_grad():
-                for k, w in live.items():
-                    params[k].copy_(w)
+            self._swap_start_weights()
+
+    def _swap_start_weights(self) -> None:
+        """Exchange the live LoRA tensors with the kept start copy; twice restores them. No copy is made, so the
+        reference forward costs no adapter-sized clone per step."""
+        params = dict(self.named_parameters())
+        for k, start in self._start_weights.items():
+            self._start_weights[k], params[k].data = params[k].data, start
 
     def _eval_logps(self, layout: dict[str, torch.Tensor], adapter: bool) -> torch.Tensor:
         """No-grad log-probs in eval mode: the sampling policy (``adapter``) or the reference (adapter off)."""
