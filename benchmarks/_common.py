@@ -52,27 +52,33 @@ def machine() -> dict[str, str]:
 SYNTH = REPO / "data" / "synth"
 #: Greedy evaluation budget: a synthetic answer is 49-63 tokens, so 160 only cuts answers that ramble.
 EVAL_MAX_NEW_TOKENS = 160
-#: SFT on the learnable set with test accuracy in the 60-80 % band, so that what comes after it (GRPO, voting)
-#: has room to show an effect: the demo recipe (configs/demo.yaml on the pretrained ``tiny-nli`` base) for 300
-#: of its 500 steps, every setting that matters spelled out so that a later change of the demo config does not
-#: silently change this start. (Round 3's 600 steps gave 0.781 on the earlier thoughts; with the "a is not b"
-#: thoughts the full 500 steps already reach ~0.93, so the start is now shorter; benchmarks/README.md.)
-UNDERTRAINED_SFT = [
-    "--config", "configs/demo.yaml",
-    "--model.model_name_or_path=tiny-nli",
-    f"--data.train_path={SYNTH / 'train.jsonl'}", f"--data.val_path={SYNTH / 'val.jsonl'}",
-    f"--data.test_path={SYNTH / 'test.jsonl'}",
-    "--trainer.max_steps=300", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
-    "--generation_eval.rows=0", "--trainer.accumulate_grad_batches=1", "--data.micro_batch_size=2",
-    "--data.packing=true", "--model.lora_r=64", "--model.lora_alpha=128", "--model.lora_dropout=0.0",
-    "--model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head,embed_tokens]",
-    "--model.learning_rate=3e-3", "--model.warmup_steps=10", "--model.min_lr_ratio=0.1",
-    "--seed_everything=42", "--trainer.enable_progress_bar=false",
-]  # fmt: skip
+#: SFT on the learnable set with test accuracy in (or near) the 60-80 % band, so that what comes after it (GRPO,
+#: voting) has room to show an effect: the demo recipe (configs/demo.yaml on the pretrained ``tiny-nli`` base) cut
+#: to ``steps`` optimizer steps (its cosine then ends there), every setting that matters spelled out so that a later
+#: change of the demo config does not silently change this start. (Round 3's 600 steps gave 0.781 on the earlier
+#: thoughts; with the "a is not b" thoughts 300 steps give 0.807 and the full 500 ~0.93; benchmarks/README.md.)
+UNDERTRAINED_SFT_STEPS = 300
 
 
-def undertrained_sft_adapter() -> tuple[Path, float]:
-    """The adapter folder of :data:`UNDERTRAINED_SFT` and the seconds its training took (trained once, cached by
+def undertrained_sft(steps: int = UNDERTRAINED_SFT_STEPS) -> list[str]:
+    """The ``fit`` arguments of the under-trained SFT start (the list, and so its cache key, is the same at 300
+    steps as when it was a constant)."""
+    return [
+        "--config", "configs/demo.yaml",
+        "--model.model_name_or_path=tiny-nli",
+        f"--data.train_path={SYNTH / 'train.jsonl'}", f"--data.val_path={SYNTH / 'val.jsonl'}",
+        f"--data.test_path={SYNTH / 'test.jsonl'}",
+        f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
+        "--generation_eval.rows=0", "--trainer.accumulate_grad_batches=1", "--data.micro_batch_size=2",
+        "--data.packing=true", "--model.lora_r=64", "--model.lora_alpha=128", "--model.lora_dropout=0.0",
+        "--model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head,embed_tokens]",
+        "--model.learning_rate=3e-3", "--model.warmup_steps=10", "--model.min_lr_ratio=0.1",
+        "--seed_everything=42", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+
+
+def undertrained_sft_adapter(steps: int = UNDERTRAINED_SFT_STEPS) -> tuple[Path, float]:
+    """The adapter folder of :func:`undertrained_sft` and the seconds its training took (trained once, cached by
     the recipe's hash under ``.cache/bench``)."""
     import hashlib
     import json
@@ -80,7 +86,8 @@ def undertrained_sft_adapter() -> tuple[Path, float]:
     import sys
     import time
 
-    key = hashlib.sha256(json.dumps(UNDERTRAINED_SFT).encode()).hexdigest()[:12]
+    recipe = undertrained_sft(steps)
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
     root = REPO / ".cache" / "bench" / f"sft-undertrained-{key}"
     done = root / "done.json"
     if done.is_file():
@@ -89,21 +96,21 @@ def undertrained_sft_adapter() -> tuple[Path, float]:
         import shutil
 
         shutil.rmtree(root)  # an interrupted earlier attempt: its checkpoints would block a fresh fit
-    cmd = [sys.executable, "-m", "nlicot", "fit", *UNDERTRAINED_SFT, f"--checkpoint.dirpath={root / 'ckpt'}",
+    cmd = [sys.executable, "-m", "nlicot", "fit", *recipe, f"--checkpoint.dirpath={root / 'ckpt'}",
            f"--trainer.logger.init_args.save_dir={root / 'tb'}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"error: under-trained SFT run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"seconds": seconds, "recipe": UNDERTRAINED_SFT}))
+    done.write_text(json.dumps({"seconds": seconds, "recipe": recipe}))
     return root / "ckpt" / "adapter", seconds
 
 
-def sft_start(adapter: Path | None) -> tuple[Path, float | None]:
+def sft_start(adapter: Path | None, steps: int = UNDERTRAINED_SFT_STEPS) -> tuple[Path, float | None]:
     """The SFT adapter a benchmark starts from: ``--adapter`` when given (seconds unknown), else the cached
-    :data:`UNDERTRAINED_SFT` run (trained on first use)."""
-    return (adapter, None) if adapter is not None else undertrained_sft_adapter()
+    :func:`undertrained_sft` run of ``steps`` steps (trained on first use)."""
+    return (adapter, None) if adapter is not None else undertrained_sft_adapter(steps)
 
 
 def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, Any]:

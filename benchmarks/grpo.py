@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import REPO, greedy_test_eval, machine, sft_start
+from _common import REPO, UNDERTRAINED_SFT_STEPS, greedy_test_eval, machine, sft_start
 
 TARGET_POINTS = 10.0
 
@@ -55,12 +55,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
+    parser.add_argument("--sft-steps", type=int, default=UNDERTRAINED_SFT_STEPS,
+                        help="length of the shared under-trained SFT start (ignored with --adapter)")
     parser.add_argument("--learning-rate", type=float, default=None, help="GRPO peak LR (default: configs/grpo.yaml)")
     parser.add_argument("--fit-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="one more setting for the GRPO fit, e.g. model.init_args.kl_coef=0 (repeatable)")
     args = parser.parse_args()
 
-    adapter, sft_seconds = sft_start(args.adapter)
+    adapter, sft_seconds = sft_start(args.adapter, args.sft_steps)
     before = greedy_test_eval(adapter, args.test_rows)
     print(f"SFT (under-trained) adapter {adapter}: test accuracy {before['accuracy']:.3f}, "
           f"parse rate {before['parse_rate']:.3f}, {before['generated_tokens']:.1f} generated tokens/answer")

@@ -3,7 +3,7 @@
     python benchmarks/self_consistency.py [--rows 420] [--k 8] [--temperature 0.7] [--top-p 0.95]
 
 1. The under-trained SFT adapter on the learnable synthetic set that the GRPO benchmark starts from too
-   (``benchmarks/_common.py::UNDERTRAINED_SFT``, seeded, trained once and cached).
+   (``benchmarks/_common.py::undertrained_sft``, seeded, trained once and cached).
 2. ``python -m nlicot predict`` on the first ``--rows`` rows of ``data/synth/test.jsonl``, greedy (k = 1): the
    baseline accuracy and wall time.
 3. The same with ``--model.num_samples k``: vote accuracy, mean single-chain accuracy, the greedy reference chain
@@ -31,6 +31,7 @@ from _common import (
     EVAL_MAX_NEW_TOKENS,
     REPO,
     SYNTH,
+    UNDERTRAINED_SFT_STEPS,
     machine,
     quiet_logs,
     sft_start,
@@ -119,10 +120,12 @@ def main() -> None:
     parser.add_argument("--prefill-prompts", type=int, default=8, help="prompts in the prefill timing (0 = skip)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side of the prefill timing")
     parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
+    parser.add_argument("--sft-steps", type=int, default=UNDERTRAINED_SFT_STEPS,
+                        help="length of the shared under-trained SFT start (ignored with --adapter)")
     args = parser.parse_args()
     quiet_logs()
 
-    adapter, sft_s = sft_start(args.adapter)
+    adapter, sft_s = sft_start(args.adapter, args.sft_steps)
     base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
     data = [json.loads(line) for line in (SYNTH / "test.jsonl").read_text().splitlines() if line][: args.rows]
     info = machine()

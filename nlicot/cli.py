@@ -13,21 +13,23 @@ What this adds to plain LightningCLI, and why:
 * a fresh ``fit`` refuses to overwrite an earlier run's checkpoints, and ``--ckpt_path last`` with nothing to
   resume is an error, not a silent restart from scratch;
 * ``predict`` starts no TensorBoard version (it logs nothing); its ``config.yaml`` lands in the predictions folder;
-* known input / setup errors print one ``error:`` line and exit non-zero, without a traceback; a ``fit``
+* known input / setup errors print one ``error:`` line and exit non-zero, without a traceback (a bad flag or
+  config value: jsonargparse's message without the 70-line usage in front of it); a ``fit``
   stopped by SIGTERM exits 143 (128 + 15, the shell's convention) after Lightning's graceful shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
@@ -51,6 +53,25 @@ EXIT_SIGTERM = 143
 
 class UsageError(RuntimeError):
     """A command that would lose work or do nothing; the message says what to do instead."""
+
+
+class TerseArgumentParser(LightningArgumentParser):
+    """jsonargparse prints a command's whole usage (~70 lines for ``fit``) in front of a bad setting's message, so
+    the one line that names the key and the value scrolls away; here the message and the ``--help`` tip are all."""
+
+    def print_usage(self, file: Any = None) -> None:
+        """Only reached from ``error``: ``--help`` prints the full help through ``print_help``."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        """One line: the key, then the reason. A bad value inside ``model:`` / ``data:`` (subclass mode) comes
+        wrapped in a 10-line report of the union of classes it was tried against; keep its innermost reason under
+        the dotted key the user typed."""
+        keys = re.findall(r'Parser key "([^"]+)":', message)
+        reason = message.rsplit(f'Parser key "{keys[-1]}":', 1)[1].split("\n") if keys else []
+        reason = [line.strip() for line in reason if line.strip()]
+        if reason and (len(keys) == 1 or "Union subtypes" in message):
+            message = f'Parser key "{".".join(keys)}": {reason[0]}'
+        super().error(message, ex)
 
 
 class NLICoTCLI(LightningCLI):
@@ -165,6 +186,8 @@ def main(args: list[str] | None = None) -> None:
             NLICoTModule,
             NLICoTDataModule,
             args=args,
+            parser_class=TerseArgumentParser,
+            parser_kwargs={"prog": "python -m nlicot"},
             subclass_mode_model=True,  # configs without class_path get NLICoTModule / NLICoTDataModule
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},

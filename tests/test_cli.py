@@ -97,3 +97,17 @@ def test_sigterm_stops_fit_with_a_non_zero_status_and_a_resumable_checkpoint(tmp
     assert proc.returncode == 143, stderr[-3000:]
     assert "error: stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"] < 200
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"),
+    [("--model.optimizer=foo", 'Parser key "model.optimizer"'),  # a Literal inside subclass-mode model: 10 lines before
+     ("--trainer.max_steps=abc", 'Parser key "trainer.max_steps"')],
+)
+def test_a_bad_flag_value_is_one_error_line_naming_the_key_without_the_usage_screen(flag, key):
+    proc = nlicot("fit", "--config", "configs/demo.yaml", flag, ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0] and flag.split("=")[1] in errors[0], proc.stderr
+    assert len(lines) <= 3 and "usage:" not in proc.stderr, proc.stderr  # the error and a --help tip
