@@ -113,6 +113,13 @@ def sft_start(adapter: Path | None, steps: int = UNDERTRAINED_SFT_STEPS) -> tupl
     return (adapter, None) if adapter is not None else undertrained_sft_adapter(steps)
 
 
+def add_start_arguments(parser: Any) -> None:
+    """``--adapter`` / ``--sft-steps``: the SFT start that :func:`sft_start` resolves, the same in every script."""
+    parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
+    parser.add_argument("--sft-steps", type=int, default=UNDERTRAINED_SFT_STEPS,
+                        help="length of the shared under-trained SFT start (ignored with --adapter)")
+
+
 def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, Any]:
     """Greedy accuracy (parse failures count as wrong, overall and by phenomenon), parse rate and mean generated
     tokens of an adapter folder on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import _common
-from _common import REPO, UNDERTRAINED_SFT_STEPS, greedy_test_eval, machine, sft_start
+from _common import REPO, add_start_arguments, greedy_test_eval, machine, sft_start
 
 TARGET_POINTS = 10.0
 
@@ -62,9 +62,7 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=40.0, help="stated CPU budget for the GRPO run")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "bench" / "grpo")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
-    parser.add_argument("--sft-steps", type=int, default=UNDERTRAINED_SFT_STEPS,
-                        help="length of the shared under-trained SFT start (ignored with --adapter)")
+    add_start_arguments(parser)
     parser.add_argument("--learning-rate", type=float, default=None, help="GRPO peak LR (default: configs/grpo.yaml)")
     parser.add_argument("--fit-arg", action="append", default=[], metavar="KEY=VALUE",
                         help="one more setting for the GRPO fit, e.g. model.init_args.kl_coef=0 (repeatable)")

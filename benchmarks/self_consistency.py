@@ -31,7 +31,7 @@ from _common import (
     EVAL_MAX_NEW_TOKENS,
     REPO,
     SYNTH,
-    UNDERTRAINED_SFT_STEPS,
+    add_start_arguments,
     machine,
     quiet_logs,
     sft_start,
@@ -119,9 +119,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--prefill-prompts", type=int, default=8, help="prompts in the prefill timing (0 = skip)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side of the prefill timing")
-    parser.add_argument("--adapter", type=Path, default=None, help="SFT adapter folder (default: the shared recipe)")
-    parser.add_argument("--sft-steps", type=int, default=UNDERTRAINED_SFT_STEPS,
-                        help="length of the shared under-trained SFT start (ignored with --adapter)")
+    add_start_arguments(parser)
     args = parser.parse_args()
     quiet_logs()
 
