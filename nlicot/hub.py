@@ -2,7 +2,8 @@
 
 Why one room: the model, the data module, data_gen's length filter and the benchmarks must agree on what a
 name means. Hub ids and folders pass through unchanged; the names in :func:`offline_models` (built without any
-network, e.g. ``tiny``) are built once into ``$NLICOT_CACHE`` and then read like any saved model.
+network, e.g. ``tiny``) and GGUF files (:mod:`nlicot.gguf`, dequantised once, keyed by the file's hash) are built
+once into ``$NLICOT_CACHE`` and then read like any saved model.
 """
 
 from __future__ import annotations
@@ -47,7 +48,18 @@ def is_built(name: str) -> bool:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map an offline name to its cached folder (building it on first use); pass hub ids and paths through."""
+    """Map an offline name or a GGUF file to its cached folder (building it on first use); pass hub ids and
+    folders through."""
+    from nlicot import gguf
+    from nlicot.atomic import atomic_dir
+
+    if gguf.is_gguf(name_or_path):
+        file = gguf.gguf_file(name_or_path)
+        dest = cache_root() / gguf.folder_name(file)
+        if not (dest / "config.json").is_file():
+            with atomic_dir(dest) as tmp:
+                gguf.convert(file, tmp)
+        return str(dest)
     models = offline_models()
     offline = models.get(name_or_path)
     if offline is None:
@@ -59,8 +71,6 @@ def resolve_model_path(name_or_path: str) -> str:
     dest = cache_root() / offline.folder
     if not is_built(name_or_path):
         import torch
-
-        from nlicot.atomic import atomic_dir
 
         # The builders seed torch themselves; without the fork, a run that builds the base (the first from a clean
         # cache) would initialise its LoRA from another random state than every later run, and train differently.
