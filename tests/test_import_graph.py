@@ -2,8 +2,8 @@
 data_gen.
 
 Every ``import`` counts, at module level and inside functions (a lazy import still ties the two modules: the
-``hub`` ↔ ``tiny`` ↔ ``tiny_lm`` circle ran partly through function-level imports). ``importlib`` strings (data_gen's
-command table) are not imports; they point from data_gen down into nlicot, which is allowed.
+``hub`` ↔ ``tiny`` ↔ ``tiny_lm`` circle ran partly through function-level imports). ``importlib`` strings
+(data_gen's command table) are not imports; they point from data_gen down into nlicot, which is allowed.
 """
 
 from __future__ import annotations

@@ -4,15 +4,17 @@ Why: QLoRA means a frozen pretrained base plus a small adapter. The random ``tin
 from the premise into the answer (measured: ~0.73 test accuracy at best on the synthetic task, names and
 colours near chance), so it cannot stand in for a pretrained model. This module builds a slightly larger tiny
 Mistral from a config and pretrains it once, with plain causal-LM loss, on unlabelled documents of the
-synthetic task's language (:func:`nlicot.offline.synthetic_task.pretraining_text`: ``Premise: …\\nHypothesis: …`` pairs of train
-combinations, both labels, followed by some of their sentences repeated verbatim; no labels or thoughts).
+synthetic task's language (:func:`nlicot.offline.synthetic_task.pretraining_text`: ``Premise: …\\nHypothesis: …``
+pairs of train combinations, both labels, followed by some of their sentences repeated verbatim; no labels or
+thoughts).
 The repeats teach the base to copy a whole earlier sentence (induction) — the skill a real pretrained model
 brings and the thought's restating steps need. The folder is then loaded by the normal path
 (``from_pretrained`` → NF4 → LoRA) like any hub model.
 
 Cost: only the few hundred tokens the text uses get an output row; every other row of the 32,768-token head
 is zero and stays zero, so the exact full-vocabulary softmax is the used rows plus one constant logit
-``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2 cores.
+``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2
+cores.
 Deterministic for a given thread count (fixed seeds); :mod:`nlicot.hub` caches the built folder atomically.
 The LR follows :class:`nlicot.schedule.WarmupCosine`, the fine-tuning schedule, stepped once per optimizer step.
 
