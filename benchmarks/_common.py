@@ -19,6 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def config_max_length(config: str) -> int:
+    """``data.max_length`` of ``configs/<config>``: the row width a benchmark packs to is the one that recipe trains
+    with, not a second knob that could drift from it."""
+    import yaml
+
+    return int(yaml.safe_load((REPO / "configs" / config).read_text())["data"]["max_length"])
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -86,6 +94,8 @@ def undertrained_sft_adapter(steps: int = UNDERTRAINED_SFT_STEPS) -> tuple[Path,
     import sys
     import time
 
+    from nlicot.atomic import atomic_write_text
+
     recipe = undertrained_sft(steps)
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
     root = REPO / ".cache" / "bench" / f"sft-undertrained-{key}"
@@ -103,7 +113,7 @@ def undertrained_sft_adapter(steps: int = UNDERTRAINED_SFT_STEPS) -> tuple[Path,
     if proc.returncode != 0:
         raise SystemExit(f"error: under-trained SFT run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"seconds": seconds, "recipe": recipe}))
+    atomic_write_text(done, json.dumps({"seconds": seconds, "recipe": recipe}))
     return root / "ckpt" / "adapter", seconds
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -39,6 +38,8 @@ import torch
 import yaml
 from _common import REPO  # offline environment defaults, as in the tests
 
+from nlicot.atomic import atomic_write_text
+
 TARGET_PEAK_GIB = 12.0
 TARGET_SPEEDUP = 1.3
 GIB = 2**30
@@ -49,7 +50,7 @@ def mistral_config(shape: str, layers: int | None):
     """Mistral-7B-v0.3's architecture (``7b``), or the same shape shrunk to nlicot's tiny widths (``tiny``)."""
     from transformers import MistralConfig
 
-    from nlicot.tiny import tiny_config_kwargs
+    from nlicot.offline.random_tiny import tiny_config_kwargs
 
     kwargs = tiny_config_kwargs()
     if shape == "7b":
@@ -278,9 +279,7 @@ def run_arm(args: argparse.Namespace) -> None:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     result = ARMS[args.arm](args.model_dir, args.corpus, args, best_settings(), gpu) | memory()
-    tmp = Path(args.result).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, args.result)
+    atomic_write_text(args.result, json.dumps(result))
 
 
 def spawn_arm(arm: str, args: argparse.Namespace, model_dir: Path, corpus: Path, work: Path, attention: str) -> dict:

@@ -50,7 +50,7 @@ def _cli(*args: str) -> float:
 
 def shuffled_train(dest: Path, seed: int = 0) -> Path:
     """The train split with (label, thought) pairs permuted within each phenomenon (``synth.shuffle_labels``)."""
-    from data_gen.synth import shuffle_labels
+    from nlicot.offline.synthetic_task import shuffle_labels
 
     rows = [json.loads(line) for line in (SYNTH / "train.jsonl").read_text().splitlines()]
     shuffled = shuffle_labels(rows, seed)

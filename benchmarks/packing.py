@@ -7,8 +7,9 @@
     filter, best-fit-decreasing packs, ``datasets`` cache) -> ``PackBatchSampler`` -> ``collate_packs``. Four
     batchings, micro-batch 16 rows: padded examples in random batches (the seed's setup), padded examples grouped
     by length, packed rows in random batches, packed rows grouped by length (nlicot's default). Beside them, a
-    plain best-fit-decreasing simulation of the same token lengths into full 512-token rows (written here
-    independently of nlicot's packer), i.e. what packing alone gives when every row is 512 wide.
+    plain best-fit-decreasing simulation of the same token lengths into full rows of configs/best.yaml's
+    ``data.max_length`` (512; written here independently of nlicot's packer), i.e. what packing alone gives when
+    every row is that wide.
     Targets (issue 3): nlicot default >= 95 % on the synthetic corpus, >= 90 % on ``data/demo/train.jsonl``.
 (b) Wall time of ``setup("fit")`` (tokenizer load, read + validate, tokenize, filter, pack, write the cache) on
     40,000 rows with an empty ``$NLICOT_CACHE``, then a second call that loads the cache. Targets: <= 60 s cold,
@@ -17,7 +18,7 @@
 The synthetic rows are text, not lengths: words that are one token each in the Mistral v3 vocabulary, so the
 real tokenizer + template give the wanted token counts (premise ~27, hypothesis ~15 tokens on average; thought
 quartiles ~125 / 153 / 191 with ~1.5 % of rows in a long tail up to ~900 tokens, the seed's profile). The
-achieved quartiles are printed from nlicot's own statistics (of the rows kept, i.e. at most 512 tokens).
+achieved quartiles are printed from nlicot's own statistics (of the rows kept, i.e. at most ``max_length`` tokens).
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _common import REPO
+from _common import REPO, config_max_length
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11, harmless
 
-CAPACITY = 512
+CAPACITY = config_max_length("best.yaml")  # the production recipe's row width (512)
 TARGET_SYNTHETIC, TARGET_DEMO = 0.95, 0.90
 TARGET_COLD_S, TARGET_CACHED_S = 60.0, 3.0
 # Thought length profile (tokens): log-normal body with the seed's quartiles, plus a thin log-uniform tail.
@@ -149,7 +150,7 @@ def report_shares(title: str, train_path: str, tokenizer: str, micro_batch: int,
           f"{thought['p75']:.0f}/{thought['max']:.0f}, total median {total['median']:.0f} "
           f"(prompt mean {stats['tokens']['prompt']['mean']:.0f})")  # fmt: skip
     print(f"  {'batching':<40} {'real tokens':>11}   {'vs BFD':>6}   loader real tokens/s")
-    print(f"  {'plain BFD simulation, rows 512 wide':<40} {100 * bfd:9.2f} %   (baseline)")
+    print(f"  {f'plain BFD simulation, rows {CAPACITY} wide':<40} {100 * bfd:9.2f} %   (baseline)")
     for mode, label in MODES.items():
         share, rate = results[mode]["share"], results[mode]["tokens_per_s"]
         print(f"  {label:<40} {100 * share:9.2f} %   {share / bfd:5.3f}x   {rate:10,.0f}")
@@ -200,7 +201,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the cold setup call")
     args = parser.parse_args()
 
-    from nlicot.hub import load_v3_tokenizer, resolve_model_path
+    from nlicot.hub import resolve_model_path
+    from nlicot.offline.v3_tokenizer import load_v3_tokenizer
 
     # The tokenizer folder is resolved in the checkout's cache; the data cache below starts empty.
     tokenizer_path = resolve_model_path("tiny")

@@ -11,7 +11,6 @@ cannot be read, is reported and makes the exit status non-zero; ``--write`` then
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from datetime import date
 
 from _common import REPO, machine
+
+from nlicot.atomic import atomic_write_text
 
 README = REPO / "benchmarks" / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
@@ -55,7 +56,7 @@ def _packing(out: str, cmd: str) -> list[Row]:
     for title, label, target in (("synthetic corpus", "40,000 rows, seed length profile", 95),
                                  ("data/demo/train.jsonl", "data/demo/train.jsonl", 90)):  # fmt: skip
         section = out[out.index(f"\n{title}:"):]
-        bfd = _find(r"plain BFD simulation, rows 512 wide\s+([\d.]+) %", section)[0]
+        bfd = _find(r"plain BFD simulation, rows \d+ wide\s+([\d.]+) %", section)[0]
         seed = _find(r"padded, random batches \(seed\)\s+([\d.]+) %", section)[0]
         share, verdict, ratio = _find(r"nlicot default ([\d.]+) % \(target >= \d+ %: ([\w ]+)\); vs seed's padded "
                                       r"random batches ([\d.]+)x", section)  # fmt: skip
@@ -156,10 +157,7 @@ def write_readme(text: str) -> None:
     if START not in old or END not in old:
         raise SystemExit(f"error: {README} lacks the {START} / {END} markers")
     new = old[: old.index(START) + len(START)] + "\n" + text + old[old.index(END) :]
-    fd, tmp = tempfile.mkstemp(prefix=".README.", dir=README.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(new)
-    os.replace(tmp, README)
+    atomic_write_text(README, new)  # mode from the umask, as for any new file (mkstemp's 0600 was kept)
 
 
 def main() -> None:

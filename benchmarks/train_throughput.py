@@ -38,13 +38,14 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-from _common import REPO, peak_rss_mib
+from _common import REPO, config_max_length, peak_rss_mib
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchdata 0.11, harmless
 
 ENGINES = ("trl-padded", "trl-packed", "nlicot")
-MICRO_BATCH, ACCUMULATE, MAX_LENGTH = 4, 2, 512  # nlicot's configs/demo.yaml
+MICRO_BATCH, ACCUMULATE = 4, 2
+MAX_LENGTH = config_max_length("demo.yaml")  # the row width both engines pack to: the demo recipe's
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 LEARNING_RATE = 1e-2
 
@@ -119,7 +120,8 @@ def token_ids(data: Path) -> tuple[list[list[int]], list[list[int]]]:
 
 
 def examples_per_pack(data: Path) -> float:
-    """How many examples nlicot packs into one 512-token row of this corpus (sets TRL's padded micro-batch)."""
+    """How many examples nlicot packs into one ``MAX_LENGTH``-token row of this corpus (sets TRL's padded
+    micro-batch)."""
     from nlicot.packing import pack_examples
 
     prompts, answers = token_ids(data)

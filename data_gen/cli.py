@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("data_gen.stages.score", "ScoreConfig", "main"),
     "build": ("data_gen.stages.build", "BuildConfig", "main"),
     "run": ("data_gen.pipeline", "PipelineConfig", "run"),
-    "synth": ("data_gen.synth", "SynthConfig", "run"),
+    "synth": ("nlicot.offline.synthetic_task", "SynthConfig", "run"),
 }
 
 

@@ -1,17 +1,20 @@
 """Model and tokenizer resolution: a hub id, a local folder or an offline name → a folder ``from_pretrained`` reads.
 
 Why one room: the model, the data module, data_gen's length filter and the benchmarks must agree on what a
-name means. Hub ids and folders pass through unchanged; the names in :func:`offline_models` (built without any
-network, e.g. ``tiny``) and GGUF files (:mod:`nlicot.gguf`, dequantised once, keyed by the file's hash) are built
-once into ``$NLICOT_CACHE`` and then read like any saved model.
+name means. Hub ids and folders pass through unchanged; the offline names (:mod:`nlicot.offline.registry`, built
+without any network, e.g. ``tiny``) and GGUF files (:mod:`nlicot.gguf`, dequantised once, keyed by the file's
+hash) are built once into ``$NLICOT_CACHE`` and then read like any saved model.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+
+from nlicot import gguf
+from nlicot.atomic import atomic_dir
+from nlicot.offline.registry import offline_models
+from nlicot.offline.v3_tokenizer import load_v3_tokenizer
 
 
 def cache_root() -> Path:
@@ -23,25 +26,6 @@ class UnknownModelError(ValueError):
     """A ``tiny-*`` name that no recipe builds; the CLI prints it as one ``error:`` line."""
 
 
-class OfflineModel(NamedTuple):
-    """A model that is built locally instead of downloaded."""
-
-    folder: str  #: cache folder name; it carries the recipe's version, so a changed recipe is rebuilt, never reused
-    build: Callable[[Path], object]  #: writes model + tokenizer into an empty folder
-
-
-def offline_models() -> dict[str, OfflineModel]:
-    """Offline name → how to build it (imported lazily: building needs torch and transformers)."""
-    from functools import partial
-
-    from nlicot import tiny, tiny_lm
-
-    models = {tiny.TINY_NAME: OfflineModel(f"tiny-mistral-v3-{tiny.TINY_VERSION}", tiny.build_tiny)}
-    for name in tiny_lm.RECIPES:  # the pretrained offline bases
-        models[name] = OfflineModel(tiny_lm.folder_name(name), partial(tiny_lm.build, name))
-    return models
-
-
 def is_built(name: str) -> bool:
     """Whether the offline model ``name`` is already in the cache (a folder is only there once complete)."""
     return (cache_root() / offline_models()[name].folder / "config.json").is_file()
@@ -50,9 +34,6 @@ def is_built(name: str) -> bool:
 def resolve_model_path(name_or_path: str) -> str:
     """Map an offline name or a GGUF file to its cached folder (building it on first use); pass hub ids and
     folders through."""
-    from nlicot import gguf
-    from nlicot.atomic import atomic_dir
-
     if gguf.is_gguf(name_or_path):
         file = gguf.gguf_file(name_or_path)
         dest = cache_root() / gguf.folder_name(file)
@@ -77,21 +58,6 @@ def resolve_model_path(name_or_path: str) -> str:
         with atomic_dir(dest) as tmp, torch.random.fork_rng(devices=[]):
             offline.build(tmp)  # another process building the same folder at once: its copy is kept
     return str(dest)
-
-
-def load_v3_tokenizer(folder: str | Path):
-    """Load a Mistral v3 tokenizer folder with the settings that match mistral-common's own encoding.
-
-    ``legacy=False`` stops the converted sentencepiece tokenizer from inserting a stray ``▁`` after special
-    tokens; the prompt ids are then identical to ``MistralTokenizer.encode_chat_completion`` (tested).
-    """
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder), legacy=False)
-    if tok.pad_token_id is None:
-        # Padding never reaches the loss (labels are -100 there); EOS is what Mistral fine-tunes use.
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_tokenizer(name_or_path: str):

@@ -44,7 +44,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
         return
-    from nlicot.hub import is_built, offline_models, resolve_model_path
+    from nlicot.hub import is_built, resolve_model_path
+    from nlicot.offline.registry import offline_models
 
     for name in offline_models():
         if is_built(name):

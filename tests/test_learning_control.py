@@ -11,7 +11,7 @@ import json
 import pytest
 from heldout_fit import REPO, fit_and_score, heldout_rows
 
-from data_gen.synth import shuffle_labels
+from nlicot.offline.synthetic_task import shuffle_labels
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
 from nlicot import prompt
-from nlicot.tiny import mistral_v3_tokenizer_file
+from nlicot.offline.v3_tokenizer import mistral_v3_tokenizer_file
 
 
 @pytest.fixture(scope="module")

@@ -197,7 +197,7 @@ def test_the_fake_api_is_not_part_of_the_installed_package(tmp_path):
 
 
 def test_synth_is_a_subcommand_writing_what_its_python_api_writes(dg, capsys, tmp_path):
-    from data_gen import synth
+    from nlicot.offline import synthetic_task as synth
 
     assert dg("synth", "--help") == 0
     assert "--train_size" in capsys.readouterr().out

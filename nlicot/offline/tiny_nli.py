@@ -4,27 +4,32 @@ Why: QLoRA means a frozen pretrained base plus a small adapter. The random ``tin
 from the premise into the answer (measured: ~0.73 test accuracy at best on the synthetic task, names and
 colours near chance), so it cannot stand in for a pretrained model. This module builds a slightly larger tiny
 Mistral from a config and pretrains it once, with plain causal-LM loss, on unlabelled documents of the
-synthetic task's language (``data_gen.synth.pretraining_text``: ``Premise: …\\nHypothesis: …`` pairs of train
-combinations, both labels, followed by some of their sentences repeated verbatim; no labels or thoughts).
+synthetic task's language (:func:`nlicot.offline.synthetic_task.pretraining_text`: ``Premise: …\\nHypothesis: …``
+pairs of train combinations, both labels, followed by some of their sentences repeated verbatim; no labels or
+thoughts).
 The repeats teach the base to copy a whole earlier sentence (induction) — the skill a real pretrained model
 brings and the thought's restating steps need. The folder is then loaded by the normal path
 (``from_pretrained`` → NF4 → LoRA) like any hub model.
 
 Cost: only the few hundred tokens the text uses get an output row; every other row of the 32,768-token head
 is zero and stays zero, so the exact full-vocabulary softmax is the used rows plus one constant logit
-``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2 cores.
-Deterministic for a given thread count (fixed seeds) and cached atomically under ``nlicot.hub.cache_root()``.
+``log(#unused)`` (all unused logits are exactly 0). That keeps pretraining (2,400 steps) to a few minutes on 2
+cores.
+Deterministic for a given thread count (fixed seeds); :mod:`nlicot.hub` caches the built folder atomically.
+The LR follows :class:`nlicot.schedule.WarmupCosine`, the fine-tuning schedule, stepped once per optimizer step.
 
 Shipped: pretraining costs ~3 minutes on 2 cores, more than the demo's fine-tuning, so its result ships with the
 package (``weights/<name>-v<version>.safetensors``, ~0.5 MB): only what pretraining changes — the body and the
 used rows of the embedding and the head. Every other row is the seeded initialisation (embedding) or zero (head),
 so :func:`build` rebuilds the exact model from the seed plus that file, in seconds, and the numbers in README.md
-are the same on every machine. ``python -m nlicot.tiny_lm`` pretrains again and rewrites the file; a file whose
-recording of the recipe differs from :data:`RECIPES` is ignored (the model is pretrained instead).
+are the same on every machine. ``python -m nlicot.offline.tiny_nli FILE`` pretrains again and writes the file you
+name (to ship it, ``nlicot/weights/<name>-v<version>.safetensors`` of a checkout); a file whose recording of the
+recipe differs from :data:`RECIPES` is ignored (the model is pretrained instead).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -32,7 +37,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nlicot.tiny import tiny_config_kwargs, write_v3_tokenizer
+from nlicot.atomic import atomic_write
+from nlicot.offline.random_tiny import tiny_config_kwargs
+from nlicot.offline.synthetic_task import SynthConfig, pretraining_text
+from nlicot.offline.v3_tokenizer import write_v3_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Recipe:
     steps: int
     batch_size: int
     learning_rate: float
+    warmup_steps: int
     texts: int
     seed: int = 1234
 
@@ -55,9 +64,10 @@ class Recipe:
 RECIPES = {
     # The width of ``tiny`` (64) keeps a fine-tuning step as cheap as the random demo's: the 32,768-row head,
     # not the body, dominates a step's cost.
-    "tiny-nli": Recipe(version=2, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+    # v3: the LR from nlicot.schedule (v2 had its own inline warmup x cosine, a slightly different curve)
+    "tiny-nli": Recipe(version=3, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, steps=2400, batch_size=32,
-                       learning_rate=3e-3, texts=20000),
+                       learning_rate=3e-3, warmup_steps=50, texts=20000),
 }
 
 
@@ -67,14 +77,12 @@ def folder_name(name: str) -> str:
 
 
 def weights_file(name: str) -> Path:
-    """The shipped result of ``name``'s pretraining."""
-    return Path(__file__).with_name("weights") / f"{name}-v{RECIPES[name].version}.safetensors"
+    """The shipped result of ``name``'s pretraining (package data, ``nlicot/weights/``)."""
+    return Path(__file__).parents[1] / "weights" / f"{name}-v{RECIPES[name].version}.safetensors"
 
 
 def _pretraining_batches(tokenizer, recipe: Recipe):
     """Token-id lists of the unlabelled text (BOS … EOS), plus the sorted set of ids it uses."""
-    from data_gen.synth import SynthConfig, pretraining_text
-
     texts = list(pretraining_text(SynthConfig(), recipe.texts, seed=recipe.seed))
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     seqs = [[tokenizer.bos_token_id, *s, tokenizer.eos_token_id] for s in ids]
@@ -86,6 +94,8 @@ def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 50) -> list[floa
     """Causal-LM pretraining on the unlabelled text; returns the loss of every step."""
     import torch
     import torch.nn.functional as F
+
+    from nlicot.schedule import WarmupCosine
 
     seqs, used = _pretraining_batches(tokenizer, recipe)
     vocab = model.config.vocab_size
@@ -99,14 +109,12 @@ def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 50) -> list[floa
     used_head = torch.nn.Parameter(torch.randn(len(used), head.shape[1]) * 0.02)
     params = [p for n, p in model.named_parameters() if not n.startswith("lm_head")] + [used_head]
     opt = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
+    schedule = WarmupCosine(opt, warmup_steps=recipe.warmup_steps, total_steps=recipe.steps)
     gen = torch.Generator().manual_seed(recipe.seed)
     losses = []
     model.train()
     start = time.perf_counter()
     for step in range(recipe.steps):
-        lr = recipe.learning_rate * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
         pick = torch.randint(len(seqs), (recipe.batch_size,), generator=gen).tolist()
         batch = [seqs[i] for i in pick]
         width = max(map(len, batch))
@@ -122,6 +130,7 @@ def pretrain(model, tokenizer, recipe: Recipe, log_every: int = 50) -> list[floa
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        schedule.step()
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == recipe.steps - 1):
             print(f"tiny-nli pretraining: step {step}/{recipe.steps} loss {loss.item():.3f} "
@@ -201,27 +210,33 @@ def build(name: str, folder: Path) -> None:
     model.save_pretrained(folder)
 
 
-def write_weights(name: str) -> Path:
-    """Pretrain ``name`` from scratch and (atomically) rewrite its shipped weights file."""
+def write_weights(name: str, path: str | Path) -> Path:
+    """Pretrain ``name`` from scratch and write its weights file to ``path`` (atomically)."""
     import tempfile
 
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     recipe = RECIPES[name]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_v3_tokenizer(Path(tmp))
     model = _initial_model(recipe)
     pretrain(model, tokenizer, recipe)
-    path = weights_file(name)
-    path.parent.mkdir(exist_ok=True)
-    part = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in trained_part(model).items()}, part,
-              metadata={"recipe": json.dumps(asdict(recipe)), "torch": torch.__version__,
-                        "threads": str(torch.get_num_threads())})
-    part.replace(path)
-    return path
+    data = save({k: v.contiguous() for k, v in trained_part(model).items()},
+                metadata={"recipe": json.dumps(asdict(recipe)), "torch": torch.__version__,
+                          "threads": str(torch.get_num_threads())})
+    return atomic_write(path, lambda f: f.write(data))
 
 
-if __name__ == "__main__":  # python -m nlicot.tiny_lm [NAME]: pretrain again and rewrite the shipped weights
-    print(write_weights(sys.argv[1] if len(sys.argv) > 1 else "tiny-nli"))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m nlicot.offline.tiny_nli FILE [--name NAME]``: pretrain again and write the weights to FILE."""
+    parser = argparse.ArgumentParser(prog="python -m nlicot.offline.tiny_nli", description=main.__doc__)
+    parser.add_argument("output", type=Path, help="the .safetensors file to write (the shipped one: "
+                        "nlicot/weights/<name>-v<version>.safetensors)")
+    parser.add_argument("--name", choices=sorted(RECIPES), default="tiny-nli", help="the offline base to pretrain")
+    args = parser.parse_args(argv)
+    print(write_weights(args.name, args.output))
+
+
+if __name__ == "__main__":
+    main()

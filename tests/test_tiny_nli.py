@@ -1,4 +1,5 @@
-"""Model-name errors of the offline bases are one ``error:`` line, not a traceback."""
+"""``tiny-nli`` (nlicot/offline/tiny_nli.py): the shipped weights rebuild the pretrained model exactly; model-name
+errors of the offline bases are one ``error:`` line, not a traceback."""
 
 from __future__ import annotations
 
@@ -49,17 +50,17 @@ def test_pretraining_changes_only_the_body_and_the_used_rows_so_the_shipped_part
 
     import torch
 
-    from nlicot import tiny_lm
+    from nlicot.offline import tiny_nli
 
-    recipe = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
-    initial = tiny_lm._initial_model(recipe)
-    pretrained = tiny_lm._initial_model(recipe)
-    tiny_lm.pretrain(pretrained, tokenizer, recipe, log_every=0)
-    part = tiny_lm.trained_part(pretrained)
-    _, used = tiny_lm._pretraining_batches(tokenizer, recipe)
+    recipe = dataclasses.replace(tiny_nli.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
+    initial = tiny_nli._initial_model(recipe)
+    pretrained = tiny_nli._initial_model(recipe)
+    tiny_nli.pretrain(pretrained, tokenizer, recipe, log_every=0)
+    part = tiny_nli.trained_part(pretrained)
+    _, used = tiny_nli._pretraining_batches(tokenizer, recipe)
     assert part["used_ids"].tolist() == used  # every used token has a head row, no other token has one
-    rebuilt = tiny_lm._initial_model(recipe)
-    tiny_lm._apply_trained(rebuilt, part)
+    rebuilt = tiny_nli._initial_model(recipe)
+    tiny_nli._apply_trained(rebuilt, part)
     want, got, start = pretrained.state_dict(), rebuilt.state_dict(), initial.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])]
     assert not torch.equal(want["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
@@ -70,19 +71,19 @@ def test_shipped_tiny_nli_is_todays_recipe_and_is_used_without_pretraining(tmp_p
 
     from safetensors import safe_open
 
-    from nlicot import tiny_lm
+    from nlicot.offline import tiny_nli
 
-    with safe_open(tiny_lm.weights_file("tiny-nli"), "pt") as f:
-        assert json.loads(f.metadata()["recipe"]) == asdict(tiny_lm.RECIPES["tiny-nli"])  # else it would be ignored
+    with safe_open(tiny_nli.weights_file("tiny-nli"), "pt") as f:
+        assert json.loads(f.metadata()["recipe"]) == asdict(tiny_nli.RECIPES["tiny-nli"])  # else it would be ignored
         used = f.get_tensor("used_ids").tolist()
-    _, text_ids = tiny_lm._pretraining_batches(tokenizer, tiny_lm.RECIPES["tiny-nli"])
+    _, text_ids = tiny_nli._pretraining_batches(tokenizer, tiny_nli.RECIPES["tiny-nli"])
     assert used == text_ids  # made from today's pretraining text
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained although weights ship")
 
-    monkeypatch.setattr(tiny_lm, "pretrain", no_pretraining)
-    tiny_lm.build("tiny-nli", tmp_path)
+    monkeypatch.setattr(tiny_nli, "pretrain", no_pretraining)
+    tiny_nli.build("tiny-nli", tmp_path)
     from transformers import MistralForCausalLM
 
     model = MistralForCausalLM.from_pretrained(tmp_path)
@@ -92,34 +93,36 @@ def test_shipped_tiny_nli_is_todays_recipe_and_is_used_without_pretraining(tmp_p
 def test_weights_of_another_recipe_are_ignored_and_the_model_is_pretrained(tmp_path, monkeypatch, capsys):
     import dataclasses
 
-    from nlicot import tiny_lm
+    from nlicot.offline import tiny_nli
 
-    changed = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=2, texts=20, batch_size=2)
-    monkeypatch.setitem(tiny_lm.RECIPES, "tiny-nli", changed)  # same version, so the same file name
-    tiny_lm.build("tiny-nli", tmp_path)
+    changed = dataclasses.replace(tiny_nli.RECIPES["tiny-nli"], steps=2, texts=20, batch_size=2)
+    monkeypatch.setitem(tiny_nli.RECIPES, "tiny-nli", changed)  # same version, so the same file name
+    tiny_nli.build("tiny-nli", tmp_path)
     assert "was made by another recipe: pretraining tiny-nli instead" in capsys.readouterr().err
     assert (tmp_path / "model.safetensors").is_file()
 
 
 def test_write_weights_makes_a_file_that_build_turns_back_into_the_pretrained_model(tmp_path, monkeypatch):
-    """``python -m nlicot.tiny_lm`` (a short recipe here): the file it writes rebuilds its pretraining exactly."""
+    """``python -m nlicot.offline.tiny_nli FILE`` (a short recipe here): the file it writes rebuilds its pretraining
+    exactly."""
     import dataclasses
 
     import torch
     from safetensors.torch import load_file
 
-    from nlicot import tiny_lm
+    from nlicot.offline import tiny_nli
 
-    short = dataclasses.replace(tiny_lm.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
-    monkeypatch.setitem(tiny_lm.RECIPES, "tiny-nli", short)
-    monkeypatch.setattr(tiny_lm, "weights_file", lambda name: tmp_path / "weights" / f"{name}.safetensors")
-    written = tiny_lm.write_weights("tiny-nli")
-    assert written == tmp_path / "weights" / "tiny-nli.safetensors" and not list(written.parent.glob("*.tmp"))
+    short = dataclasses.replace(tiny_nli.RECIPES["tiny-nli"], steps=3, texts=40, batch_size=4)
+    monkeypatch.setitem(tiny_nli.RECIPES, "tiny-nli", short)
+    monkeypatch.setattr(tiny_nli, "weights_file", lambda name: tmp_path / "weights" / f"{name}.safetensors")
+    written = tmp_path / "weights" / "tiny-nli.safetensors"
+    tiny_nli.main([str(written)])  # writes the path given, nothing else
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["tiny-nli.safetensors", "weights"]  # no temp file left
     shipped, pretrained = tmp_path / "shipped", tmp_path / "pretrained"
     shipped.mkdir()
     pretrained.mkdir()
-    tiny_lm.build("tiny-nli", shipped)  # from the file
+    tiny_nli.build("tiny-nli", shipped)  # from the file
     written.unlink()
-    tiny_lm.build("tiny-nli", pretrained)  # no file: pretrains the same short recipe
+    tiny_nli.build("tiny-nli", pretrained)  # no file: pretrains the same short recipe
     a, b = load_file(shipped / "model.safetensors"), load_file(pretrained / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,7 +1,8 @@
-"""An offline stand-in for Mistral-7B-v0.3: a tiny random-weight ``MistralForCausalLM`` with the *real* v3 tokenizer.
+"""``tiny``: an offline stand-in for Mistral-7B-v0.3, a tiny *random-weight* ``MistralForCausalLM`` with the real v3
+tokenizer.
 
 Why: this workplace (and many CI machines) has no model hub. Everything that takes a hub id or a local path
-also takes the name ``tiny`` (resolved in :mod:`nlicot.hub`, which builds the folder once into a cache), so the
+also takes the name ``tiny`` (resolved by :mod:`nlicot.hub`, which builds the folder once into a cache), so the
 real loading code (``from_pretrained``, bitsandbytes quantization, peft) is exercised unchanged.
 The tokenizer is the one mistral-common ships for Mistral-7B-v0.3 (32,768 tokens), so token counts, prompt
 ids and length filters are the real ones; only the weights are random.
@@ -9,16 +10,14 @@ ids and length filters are the real ones; only the weights are random.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from nlicot.hub import load_v3_tokenizer
+from nlicot.offline.v3_tokenizer import write_v3_tokenizer
 
 TINY_NAME = "tiny"
 #: Bump when the recipe below changes so stale caches are rebuilt, never reused.
 TINY_VERSION = 3
 TINY_SEED = 1234
-_TOKENIZER_FILE = "mistral_instruct_tokenizer_240323.model.v3"
 
 
 def tiny_config_kwargs() -> dict:
@@ -41,23 +40,9 @@ def tiny_config_kwargs() -> dict:
     )
 
 
-def mistral_v3_tokenizer_file() -> Path:
-    """The Mistral-7B-v0.3 sentencepiece model that the mistral-common package ships."""
-    import mistral_common
-
-    path = Path(mistral_common.__file__).parent / "data" / _TOKENIZER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"mistral-common does not ship {_TOKENIZER_FILE} (looked at {path})")
-    return path
-
-
-def write_v3_tokenizer(folder: Path):
-    """Put the real Mistral v3 tokenizer into ``folder`` (tokenizer.model + tokenizer.json, as on the hub) and
-    return it loaded: every offline model starts with this."""
-    shutil.copyfile(mistral_v3_tokenizer_file(), folder / "tokenizer.model")
-    tokenizer = load_v3_tokenizer(folder)
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+def folder_name() -> str:
+    """The cache folder of ``tiny``: it carries :data:`TINY_VERSION`, so a changed recipe is rebuilt."""
+    return f"tiny-mistral-v3-{TINY_VERSION}"
 
 
 def build_tiny(folder: Path) -> None:

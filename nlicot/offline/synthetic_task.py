@@ -8,7 +8,9 @@ accuracy measures whether training taught the task. The test split holds out *co
 phenomenon is seen there — a model that memorised rows cannot pass it.
 
 Deterministic: the same :class:`SynthConfig` writes byte-identical files. :func:`pretraining_text` gives the
-unlabelled premise/hypothesis text (train combinations only) that ``nlicot.tiny_lm`` pretrains its base on.
+unlabelled premise/hypothesis text (train combinations only) that :mod:`nlicot.offline.tiny_nli` pretrains its
+base on. It lives beside the models it serves, not in data_gen: only nlicot and the tests use it (``python -m
+data_gen synth`` reaches it through data_gen's command table).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from data_gen import synth
 from nlicot.corpus import load_rows
+from nlicot.offline import synthetic_task as synth
 
 SMALL = {"train_size": 700, "val_size": 140, "test_size": 140}
 
