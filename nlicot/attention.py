@@ -18,12 +18,13 @@ inputs do not isolate on the path in use (TRL once lost its sequence lengths in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from transformers.utils.generic import is_flash_attention_requested
 
-from nlicot.packing import block_causal_mask
+from nlicot.packing import Example, block_causal_mask, collate_packs
 
 #: Attention implementations that can keep packed examples apart, and what each needs to do so.
 ISOLATING = {
@@ -99,3 +100,36 @@ class IsolationProbe:
                 f"packing is on but the decoder ({impl}, needs {ISOLATING.get(impl, 'an isolating input')}) "
                 f"received {saw}: examples would leak"
             )
+
+
+def without_isolation(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The same decoder inputs minus what isolates (a leak control): flash loses its varlen boundaries (positions
+    only, which transformers ignores at batch > 1), sdpa/eager get a plain causal mask."""
+    if "cu_seq_lens_q" in inputs:
+        return {k: v for k, v in inputs.items() if k not in VARLEN_KEYS}
+    mask = inputs["attention_mask"]
+    segments = torch.zeros(mask.shape[0], mask.shape[-1], dtype=torch.long, device=mask.device)
+    return inputs | {"attention_mask": block_causal_mask(segments, mask.dtype if mask.is_floating_point() else None)}
+
+
+def isolation_gap(per_token_loss: Callable[[dict, bool], torch.Tensor], packs: Sequence[Sequence[Example]],
+                  pad_id: int) -> tuple[float, float]:  # fmt: skip
+    """How far each example's per-token loss in the packed batch is from its loss alone: (isolated, leak control).
+
+    ``per_token_loss(batch, isolate)`` gives the B×(L-1) cross-entropy of a collated batch with the isolating
+    inputs, or with :func:`without_isolation` of them. Largest absolute difference over supervised tokens; the
+    second figure shows the comparison can see a leak (it must be large where the first is ~0).
+    """
+    batch = collate_packs(packs, pad_id)
+    packed, leaked = per_token_loss(batch, True), per_token_loss(batch, False)
+    worst = leak = 0.0
+    for r, pack in enumerate(packs):
+        start = 0
+        for ex in pack:
+            alone = per_token_loss(collate_packs([[ex]], pad_id), True)[0][: len(ex) - 1]
+            supervised = alone != 0
+            span = slice(start, start + len(ex) - 1)
+            worst = max(worst, (packed[r, span] - alone)[supervised].abs().max().item())
+            leak = max(leak, (leaked[r, span] - alone)[supervised].abs().max().item())
+            start += len(ex)
+    return worst, leak

@@ -21,10 +21,16 @@ from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 from nlicot import attention
-from nlicot.attention import VARLEN_KEYS, PackingIsolationError, choose_implementation
+from nlicot.attention import (
+    VARLEN_KEYS,
+    PackingIsolationError,
+    choose_implementation,
+    isolation_gap,
+    without_isolation,
+)
 from nlicot.corpus import load_rows
 from nlicot.model import NLICoTModule
-from nlicot.packing import IGNORE_INDEX, Example, block_causal_mask, collate_packs
+from nlicot.packing import IGNORE_INDEX, Example, collate_packs
 from nlicot.prompt import encode_answers, encode_prompts
 
 #: "flash" in the name: transformers treats it as a flash-attention implementation (``is_flash_attention_requested``)
@@ -93,16 +99,6 @@ def examples(repo, tokenizer) -> list[Example]:
     return [Example(p, a) for p, a in zip(prompts, answers)]
 
 
-def leaky(inputs: dict, impl: str) -> dict:
-    """The same inputs without what isolates: flash loses its varlen boundaries (positions only, as before this
-    fix), sdpa/eager get a plain causal mask (one segment)."""
-    if "cu_seq_lens_q" in inputs:
-        return {k: v for k, v in inputs.items() if k not in VARLEN_KEYS}
-    mask = inputs["attention_mask"]
-    segments = torch.zeros(mask.shape[0], mask.shape[-1], dtype=torch.long)
-    return inputs | {"attention_mask": block_causal_mask(segments, mask.dtype if mask.is_floating_point() else None)}
-
-
 def per_token_losses(module: NLICoTModule, batch: dict, inputs: dict | None = None) -> torch.Tensor:
     """Per-position CE (B×(L-1)) with the module's own isolating inputs, or ``inputs`` instead."""
     base = module.model.get_base_model()
@@ -124,23 +120,12 @@ def make_module(attn: str, model: str = "tiny") -> NLICoTModule:
     return module.eval()
 
 
-def worst_differences(module: NLICoTModule, examples: list[Example], pad: int, packs: list[list[Example]],
-                      leak_inputs: dict) -> tuple[float, float]:  # fmt: skip
-    """Largest |packed - alone| per-token loss over supervised tokens, isolated and with ``leak_inputs``."""
-    batch = collate_packs(packs, pad)
-    packed = per_token_losses(module, batch)
-    leaked = per_token_losses(module, batch, leak_inputs)
-    worst, leak = 0.0, 0.0
-    for r, pack in enumerate(packs):
-        start = 0
-        for ex in pack:
-            alone = per_token_losses(module, collate_packs([[ex]], pad))[0][: len(ex) - 1]
-            supervised = alone != 0
-            span = slice(start, start + len(ex) - 1)
-            worst = max(worst, (packed[r, span] - alone)[supervised].abs().max().item())
-            leak = max(leak, (leaked[r, span] - alone)[supervised].abs().max().item())
-            start += len(ex)
-    return worst, leak
+def gap(module: NLICoTModule, packs: list[list[Example]], pad: int) -> tuple[float, float]:
+    def losses(batch: dict, isolate: bool) -> torch.Tensor:
+        inputs = module._attention_inputs(batch)
+        return per_token_losses(module, batch, inputs if isolate else without_isolation(inputs))
+
+    return isolation_gap(losses, packs, pad)
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-nli"])
@@ -162,12 +147,12 @@ def test_packed_batch_equals_examples_alone(examples, tokenizer, attn, model, re
             assert got["attention_mask"] is None and got["cu_seq_lens_q"].dtype == torch.int32
             assert got["cu_seq_lens_q"].tolist() == batch["cu_seq_lens"].tolist() and got["max_length_q"] == batch["max_length"]
             ref.calls.clear()
-        worst, leak = worst_differences(module, examples, pad, packs, leaky(module._attention_inputs(batch), attn))
+        worst, leak = gap(module, packs, pad)
     assert worst < 1e-4
     assert leak > 1e-2  # without isolation the later examples' losses change: the comparison can see a leak
     if ref is not None:
         assert "dense" in ref.calls  # positions only at batch 2: transformers ran plain causal flash over each row
-        per_token_losses(module, batch, leaky(module._attention_inputs(batch), attn))
+        per_token_losses(module, batch, without_isolation(module._attention_inputs(batch)))
         with pytest.raises(PackingIsolationError, match="examples would leak"):
             module._check_isolation()  # the check that runs on every packed step refuses what the decoder just saw
 
@@ -176,7 +161,7 @@ def test_flash_with_positions_only_is_refused_at_the_step(examples, tokenizer, r
     """A batch whose varlen boundaries were lost on the way (e.g. a column filter) stops training."""
     module = make_module(REFERENCE).train()
     batch = collate_packs([examples[:3], examples[3:]], tokenizer.pad_token_id)
-    module._attention_inputs = lambda b: leaky(attention.attention_inputs(b, REFERENCE, torch.float32), REFERENCE)
+    module._attention_inputs = lambda b: without_isolation(attention.attention_inputs(b, REFERENCE, torch.float32))
     with pytest.raises(PackingIsolationError, match=REFERENCE):
         module.training_step(batch, 0)
 
