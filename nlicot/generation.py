@@ -233,6 +233,20 @@ def _shared_prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, copies: i
     return cache
 
 
+def compute_autocast(model: Any) -> torch.autocast:
+    """The autocast a bf16/fp16 model runs under, as Lightning's ``bf16-mixed`` puts one around ``predict_step``.
+
+    Generation evaluation runs in a callback (``on_validation_epoch_end``), outside any step and so outside
+    Lightning's autocast: without this it would decode a bf16 model through fp32 LoRA/attention arithmetic while
+    ``predict`` decodes in bf16, and the two would report different accuracies for one checkpoint. The compute
+    dtype is the input embeddings' (nlicot/precision.py keeps them in it); fp32 models get no autocast.
+    """
+    weight = model.get_input_embeddings().weight
+    half = weight.dtype in (torch.bfloat16, torch.float16)
+    return torch.autocast(weight.device.type, dtype=weight.dtype if half else torch.bfloat16, enabled=half,
+                          cache_enabled=False)  # fmt: skip
+
+
 def _decode(
     model: Any,
     tokenizer: Any,
@@ -265,37 +279,38 @@ def _decode(
     was_training = model.training
     model.eval()
     try:
-        for batch in length_sorted_batches([len(p) for p in prompts], max(1, batch_size // copies)):
-            ids, mask = (t.to(device) for t in left_pad([prompts[i] for i in batch], pad))
-            extra: dict[str, Any] = {}
-            if copies > 1:
-                if share_prefill and ids.shape[1] > 1:
-                    extra["cache"] = _shared_prefill(model, ids, mask, copies)
-                ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
-            criteria = StoppingCriteriaList()
-            stop = None
-            if pieces is not None:
-                stop = JsonObjectStop(pieces, ids.shape[1], ids.shape[0])
-                criteria.append(stop)
-            processor = processor_for(batch, device) if processor_for is not None else None
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                generation_config=config,
-                stopping_criteria=criteria,
-                logits_processor=LogitsProcessorList([processor]) if processor is not None else None,
-                **extra,
-            )
-            new_tokens = out[:, ids.shape[1] :].tolist()
-            rows = [_finish(tokenizer, new_tokens[r], eos, stop.closed_at[r] if stop is not None else None)
-                    for r in range(len(new_tokens))]  # fmt: skip
-            if processor is not None:
-                logprobs = processor.mean_logprobs([g.num_tokens for g in rows])
-                rows = [Generated(g.text, g.token_ids, g.finish_reason, lp) for g, lp in zip(rows, logprobs)]
-            for slot, index in enumerate(batch):
-                results[index] = rows[slot * copies : (slot + 1) * copies]
-            if on_batch is not None:
-                on_batch(len(batch))
+        with compute_autocast(model):  # the arithmetic predict uses, whoever calls
+            for batch in length_sorted_batches([len(p) for p in prompts], max(1, batch_size // copies)):
+                ids, mask = (t.to(device) for t in left_pad([prompts[i] for i in batch], pad))
+                extra: dict[str, Any] = {}
+                if copies > 1:
+                    if share_prefill and ids.shape[1] > 1:
+                        extra["cache"] = _shared_prefill(model, ids, mask, copies)
+                    ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+                criteria = StoppingCriteriaList()
+                stop = None
+                if pieces is not None:
+                    stop = JsonObjectStop(pieces, ids.shape[1], ids.shape[0])
+                    criteria.append(stop)
+                processor = processor_for(batch, device) if processor_for is not None else None
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    generation_config=config,
+                    stopping_criteria=criteria,
+                    logits_processor=LogitsProcessorList([processor]) if processor is not None else None,
+                    **extra,
+                )
+                new_tokens = out[:, ids.shape[1] :].tolist()
+                rows = [_finish(tokenizer, new_tokens[r], eos, stop.closed_at[r] if stop is not None else None)
+                        for r in range(len(new_tokens))]  # fmt: skip
+                if processor is not None:
+                    logprobs = processor.mean_logprobs([g.num_tokens for g in rows])
+                    rows = [Generated(g.text, g.token_ids, g.finish_reason, lp) for g, lp in zip(rows, logprobs)]
+                for slot, index in enumerate(batch):
+                    results[index] = rows[slot * copies : (slot + 1) * copies]
+                if on_batch is not None:
+                    on_batch(len(batch))
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]  # every slot is filled above

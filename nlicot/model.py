@@ -4,8 +4,8 @@ What it guarantees, and where:
 * loss = mean over every supervised token of an optimizer step, across micro-batches and ranks (each
   micro-batch's summed CE in :meth:`training_step`, the gradient scaled by the step's token count in
   :meth:`optimizer_step`);
-* packed examples never see each other (:meth:`_attention_inputs`; refused at start if the attention path
-  cannot isolate them, checked on every step that masks and positions reach the decoder);
+* packed examples never see each other (nlicot/attention.py: refused at start if the attention path cannot
+  isolate them, checked on every step that what that path needs reaches the decoder);
 * checkpoints hold the adapter and the training state — never the frozen base (:meth:`on_save_checkpoint`).
 
 What it leaves to callbacks (nlicot/callbacks.py, added by the CLI): generation-based evaluation, the data
@@ -24,16 +24,20 @@ from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_ty
 from torchmetrics import MeanMetric
 
 from nlicot import evaluation
+from nlicot.attention import (
+    IsolationProbe,
+    PackingIsolationError,  # noqa: F401 (re-exported: nlicot.cli catches it from here)
+    attention_inputs,
+    choose_implementation,
+)
 from nlicot.generation import generate_batched, sample_chains
 from nlicot.hub import load_tokenizer, resolve_model_path
-from nlicot.packing import IGNORE_INDEX, block_causal_mask
+from nlicot.packing import IGNORE_INDEX
+from nlicot.precision import keep_compute_dtype
 from nlicot.schedule import WarmupCosine
 
 #: Nucleus mass: 0 < top_p <= 1 (checked by the CLI parser, like the other positive generation settings).
 TopP = restricted_number_type("TopP", float, [(">", 0), ("<=", 1)])
-#: Attention implementations that can keep packed examples apart, and how.
-ISOLATING = {"sdpa": "bool 4-D mask", "eager": "additive 4-D mask", "flash_attention_2": "position_ids (varlen)",
-             "flash_attention_3": "position_ids (varlen)"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,10 +46,6 @@ class NonFiniteLossError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's adapter does not fit this model (other LoRA settings or another base)."""
-
-
-class PackingIsolationError(RuntimeError):
-    """Packing is on but the model would let packed examples attend to each other."""
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -93,7 +93,8 @@ class NLICoTModule(L.LightningModule):
             quantization: ``nf4`` = bitsandbytes 4-bit NF4 base (QLoRA); ``none`` = base in compute dtype.
             double_quant: also quantize the quantization constants (saves ~0.4 bit/param).
             compute_dtype: dtype of the 4-bit matmuls and activations; ``auto`` = bf16 on GPU, fp32 on CPU.
-            attn_implementation: ``auto`` = flash_attention_2 if installed and on GPU, else sdpa.
+            attn_implementation: ``auto`` = sdpa (isolates packed rows everywhere; flash-attention by name, see
+                nlicot/attention.py).
             gradient_checkpointing: recompute activations in backward (less memory, ~30 % more compute).
             lora_r: LoRA rank.
             lora_alpha: LoRA scaling numerator (scale = alpha / r).
@@ -133,20 +134,9 @@ class NLICoTModule(L.LightningModule):
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self._window: torch.Tensor | None = None  # [summed CE, supervised tokens] of this rank's micro-batches
         self._step_loss: torch.Tensor | None = None
-        self._decoder_saw: dict[str, Any] = {}
+        self._probe = IsolationProbe()
 
     # ------------------------------------------------------------------ model
-    def _attn_impl(self) -> str:
-        impl = self.hparams.attn_implementation
-        if impl != "auto":
-            return impl
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2" if torch.cuda.is_available() else "sdpa"
-        except ImportError:
-            return "sdpa"
-
     def configure_model(self) -> None:
         """Load the base on this rank's device (QLoRA + DDP: each rank holds its own 4-bit copy), add LoRA."""
         if self.model is not None:
@@ -155,12 +145,7 @@ class NLICoTModule(L.LightningModule):
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         h = self.hparams
-        impl = self._attn_impl()
-        if h.packing and impl not in ISOLATING:
-            raise PackingIsolationError(
-                f"model.attn_implementation={impl!r} cannot keep packed examples apart; use one of "
-                f"{', '.join(ISOLATING)} or set data.packing=false"
-            )
+        impl = choose_implementation(h.attn_implementation, h.packing)
         dtype = resolve_dtype(h.compute_dtype)
         quant = None
         if h.quantization == "nf4":
@@ -188,6 +173,7 @@ class NLICoTModule(L.LightningModule):
             base = prepare_model_for_kbit_training(
                 base, use_gradient_checkpointing=h.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
             )
+            keep_compute_dtype(base, dtype)  # undo its fp32 upcast of embeddings, norms, lm_head (nlicot/precision.py)
         elif h.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
             base.enable_input_require_grads()
@@ -203,20 +189,13 @@ class NLICoTModule(L.LightningModule):
             self.model = get_peft_model(base, lora)
         self.model.train()  # from_pretrained returns eval mode; Lightning switches modes per stage from here
         self.tokenizer = load_tokenizer(h.model_name_or_path)
-        self.model.get_base_model().get_decoder().register_forward_pre_hook(self._record_decoder_inputs, with_kwargs=True)
-
-    def _record_decoder_inputs(self, module, args, kwargs) -> None:
-        mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
-        self._decoder_saw = {"mask_dim": None if mask is None else mask.dim(), "positions": pos is not None}
+        self._probe.attach(self.model.get_base_model().get_decoder())
 
     # ------------------------------------------------------------------ loss
-    def _attention_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-example isolation for the attention path in use (see nlicot/packing.py)."""
+    def _attention_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | int]:
+        """Per-example isolation for the attention path in use (nlicot/attention.py)."""
         impl = self.model.get_base_model().config._attn_implementation
-        if impl.startswith("flash_attention"):
-            return {"position_ids": batch["position_ids"]}  # varlen: positions restart = new sequence
-        dtype = None if impl == "sdpa" else resolve_dtype(self.hparams.compute_dtype)
-        return {"position_ids": batch["position_ids"], "attention_mask": block_causal_mask(batch["segment_ids"], dtype)}
+        return attention_inputs(batch, impl, resolve_dtype(self.hparams.compute_dtype))
 
     def token_losses(
         self, batch: dict[str, torch.Tensor], with_accuracy: bool = False
@@ -239,10 +218,7 @@ class NLICoTModule(L.LightningModule):
         return ce, correct, keep.sum()
 
     def _check_isolation(self) -> None:
-        saw = self._decoder_saw
-        flash = self.model.get_base_model().config._attn_implementation.startswith("flash_attention")
-        if not saw.get("positions") or (not flash and saw.get("mask_dim") != 4):
-            raise PackingIsolationError(f"packing is on but the decoder received {saw}: examples would leak")
+        self._probe.check(self.model.get_base_model().config._attn_implementation)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ce, _, n = self.token_losses(batch)

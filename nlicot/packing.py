@@ -6,6 +6,7 @@ A packed row of three examples (``P`` prompt, ``A`` answer, ``-`` padding), capa
     labels     ¬ ¬ A A A | ¬ A A A A | ¬ ¬ ¬ A A | ¬ ¬      (¬ = -100: prompts, padding)
     positions  0 1 2 3 4 | 0 1 2 3 4 | 0 1 2 3 4 | 0 1      (restart per example: RoPE sees each alone)
     segments   0 0 0 0 0 | 1 1 1 1 1 | 2 2 2 2 2 | 3 3      (attention is causal *within* a segment only)
+    cu_seq_lens  0, 5, 10, 15, 17  (+ r·L for row r: segment starts over the flattened B·L tokens, flash varlen)
 
 Every example starts with a masked prompt, so the shifted loss never asks one example to predict the next one's
 first token. Padding is a segment of its own so no attention row is empty (an all-masked row is NaN in sdpa).
@@ -61,12 +62,16 @@ class Example:
         return len(self.prompt_ids) + len(self.answer_ids)
 
 
-def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+def collate_packs(
+    packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multiple_of: int = 8
+) -> dict[str, torch.Tensor | int]:
     """Build one batch from packs (a pack is a list of examples; unpacked training uses packs of one).
 
     Returns ``input_ids``, ``labels``, ``position_ids`` and ``segment_ids`` (B×L, L = longest row rounded up to
     ``pad_to_multiple_of``), plus ``num_label_tokens`` and ``num_real_tokens`` (scalars) for loss normalisation
-    and the packing-efficiency log.
+    and the packing-efficiency log, and the flash-attention varlen boundaries: ``cu_seq_lens`` (int32, every
+    segment's start over the flattened B·L tokens, then B·L) and ``max_length`` (the longest segment, a Python int
+    as transformers' ``DataCollatorWithFlattening`` gives it, so reading it costs no device sync).
     """
     rows = [sum(len(e) for e in pack) for pack in packs]
     width = math.ceil(max(rows) / pad_to_multiple_of) * pad_to_multiple_of
@@ -75,6 +80,7 @@ def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multip
     labels = np.full(shape, IGNORE_INDEX, dtype=np.int64)
     positions = np.zeros(shape, dtype=np.int64)
     segments = np.zeros(shape, dtype=np.int64)
+    starts: list[int] = []
     for r, pack in enumerate(packs):
         start = 0
         for s, ex in enumerate(pack):
@@ -84,14 +90,20 @@ def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multip
             labels[r, start + n_prompt : start + n] = ex.answer_ids
             positions[r, start : start + n] = np.arange(n)
             segments[r, start : start + n] = s
+            starts.append(r * width + start)
             start += n
         positions[r, start:] = np.arange(width - start)
         segments[r, start:] = len(pack)
+        if start < width:
+            starts.append(r * width + start)
+    cu_seq_lens = np.array([*starts, len(packs) * width], dtype=np.int32)
     batch = {k: torch.from_numpy(v) for k, v in
              dict(input_ids=input_ids, labels=labels, position_ids=positions, segment_ids=segments).items()}
     # Shifted targets are what the loss counts: a label at position 0 of a row can never be predicted.
     batch["num_label_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     batch["num_real_tokens"] = torch.tensor(sum(rows))
+    batch["cu_seq_lens"] = torch.from_numpy(cu_seq_lens)
+    batch["max_length"] = int(np.diff(cu_seq_lens).max())
     return batch
 
 

@@ -469,3 +469,55 @@ def test_tensorboard_serves_the_train_logs_volume_on_port_6006(compose: dict, im
     assert shared and covered(logdir, [m.target for m in shared]), "tensorboard does not read the train logs volume"
     assert any(str(port).split(":")[-1] == "6006" for port in tensorboard["ports"])
     assert argv[argv.index("--port") + 1] == "6006"
+
+
+def host_folder(source: str) -> Path:
+    """A bind mount's host folder as Compose resolves it without the variable set: ``${VAR:-default}`` → default,
+    relative to the compose file's folder."""
+    match = re.fullmatch(r"\$\{\w+:-(?P<default>[^}]+)\}", source)
+    return (COMPOSE.parent / (match["default"] if match else source)).resolve()
+
+
+def config_folders(config: Path, keys: tuple[str, ...]) -> set[PurePosixPath]:
+    """The top-level folders (relative to the image's workdir) of the paths a config names under ``keys``."""
+    data = yaml.safe_load(config.read_text())
+    paths = [data["data"][k] for k in keys if data["data"].get(k)] if "data" in data else [data[k] for k in keys]
+    return {PurePosixPath(p).parts[0] for p in paths if not PurePosixPath(p).is_absolute()}
+
+
+def test_train_mounts_every_folder_its_config_reads_from_the_repository(compose: dict, image: Image) -> None:
+    """configs/best.yaml reads corpus/*.jsonl: without a mount over /app/corpus, fit fails at prepare_data."""
+    mounts = service_mounts(compose["services"]["train"])
+    for folder in config_folders(REPO / "configs" / "best.yaml", ("train_path", "val_path", "test_path")):
+        target = image.workdir / folder
+        mount = next((m for m in mounts if m.target == target), None)
+        assert mount is not None, f"{COMPOSE}: train reads {folder}/ (configs/best.yaml) but mounts nothing at {target}"
+        assert host_folder(mount.source) == REPO / folder, f"{target} is not the repository's {folder}/"
+
+
+def test_data_gen_build_writes_into_the_corpus_folder_that_train_reads(compose: dict, image: Image) -> None:
+    (out_dir,) = config_folders(REPO / "configs" / "data_gen" / "build.yaml", ("out_dir",))
+    written = next(m for m in service_mounts(compose["services"]["data_gen"]) if m.target == image.workdir / out_dir)
+    read = next(m for m in service_mounts(compose["services"]["train"]) if m.target == image.workdir / out_dir)
+    assert not written.read_only and read.read_only  # build writes it; training only reads it
+    assert written.source == read.source
+    prepare = [i.value for i in image.instructions if i.keyword == "RUN" and "chown" in i.value]
+    assert any(str(image.workdir / out_dir) in run for run in prepare), "the mount point is not owned by the user"
+
+
+def test_tensorboard_has_a_health_check_on_its_own_port(compose: dict, image: Image) -> None:
+    tensorboard = compose["services"]["tensorboard"]
+    check = tensorboard.get("healthcheck")
+    assert check, f"{COMPOSE}: tensorboard has no healthcheck"
+    test = check["test"]
+    assert test[0] == "CMD" and test[1] == "python", "exec form with the image's Python (the image has no curl)"
+    argv = service_argv(tensorboard, image)
+    port = argv[argv.index("--port") + 1]
+    assert f"127.0.0.1:{port}/" in test[-1] and "urlopen" in test[-1]
+    assert all(k in check for k in ("interval", "timeout", "retries"))
+
+
+def test_docs_name_the_assumed_base_tag_and_how_to_check_it(image: Image) -> None:
+    docs = (REPO / "docs" / "docker.md").read_text()
+    assert image.base.startswith("pytorch/pytorch:") and f"`{image.base}`" in docs
+    assert f"imagetools inspect {image.base}" in docs and "torch.version.cuda" in docs
