@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import typing
 from argparse import ArgumentError
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from jsonargparse import ArgumentParser, set_parsing_settings
 
 from data_gen.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
 
 
@@ -83,7 +85,8 @@ class ApiStageConfig:
     seed: int | None = 0
     """random_seed sent with each request (null: none)"""
     server_url: str | None = None
-    """API base URL (env MISTRAL_SERVER_URL); default: the Mistral API"""
+    """API base URL (env MISTRAL_SERVER_URL); default: the Mistral API. Any OpenAI-compatible server works (vLLM,
+    llama.cpp, Ollama, transformers serve): its models cost 0 unless the price table names them"""
     api_key_env: str = "MISTRAL_API_KEY"
     """name of the environment variable holding the API key"""
     concurrency: int = 16
@@ -125,6 +128,19 @@ class ApiStageConfig:
             problems.append("limit must be >= 0")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def unpriced(self, models: Iterable[str]) -> list[str]:
+        """The models the price table lacks; none with a ``server_url`` (a server of your own costs nothing)."""
+        return [] if self.server_url else sorted(set(models) - set(self.price_table()))
+
+    def prices_for(self, models: Iterable[str]) -> dict[str, Price]:
+        """The price table, plus a price of 0 (and one warning) for each of ``models`` it lacks on a ``server_url``."""
+        table = {} if self.prices is None and self.server_url else self.price_table()
+        free = sorted(set(models) - set(table)) if self.server_url else []
+        if free:
+            log.warning("no price for %s in the price table: counted as free (a server_url is set, %s)",
+                        ", ".join(map(repr, free)), self.server_url)
+        return {**table, **dict.fromkeys(free, Price(0.0, 0.0))}
 
     def price_table(self) -> dict[str, Price]:
         """The ``prices`` mapping, reading the YAML file it names if it is a path."""

@@ -76,7 +76,7 @@ class PipelineConfig:
             try:
                 cfg.check()
                 if isinstance(cfg, ApiStageConfig):  # a later stage's missing price found now, not after paying
-                    unpriced = sorted({cfg.model, getattr(cfg, "improve_model", cfg.model)} - set(cfg.price_table()))
+                    unpriced = cfg.unpriced({cfg.model, getattr(cfg, "improve_model", cfg.model)})
                     problems += [f"{name}: no price for model {m!r} in {cfg.prices}" for m in unpriced]
             except ConfigError as e:
                 problems.append(f"{name}: {e}")

@@ -193,7 +193,7 @@ def run_stage(stage: ApiStage, cfg: ApiStageConfig) -> int:
         store = RowStore(cfg.output)
         store.check_inputs(stage.rows)
         todo = store.pending(stage.rows, cfg.retry_failed)[: cfg.limit]
-        ledger = Ledger(cfg.price_table(), cfg.budget)
+        ledger = Ledger(cfg.prices_for(stage.models), cfg.budget)
         for model in stage.models:
             ledger.price(model)
         print(estimate.report(stage, todo, cfg, ledger))
@@ -208,7 +208,7 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
     store.check_inputs(stage.rows)
     pending = store.pending(stage.rows, cfg.retry_failed)
     todo = pending if cfg.limit is None else pending[: cfg.limit]
-    ledger = Ledger(cfg.price_table(), cfg.budget, sidecar(cfg.output, "ledger"))
+    ledger = Ledger(cfg.prices_for(stage.models), cfg.budget, sidecar(cfg.output, "ledger"))
     for model in stage.models:
         ledger.price(model)  # a missing price is an error before any call, not after
     journal = ReplyJournal(cfg.output)
