@@ -26,15 +26,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx2
 from mistralai.client import Mistral, errors, models
 from mistralai.client.utils.logger import NoOpLogger
 
 from data_gen import sdk_models
-from data_gen.config import ApiStageConfig
-from data_gen.errors import ConfigError, FatalAPIError, RequestFailed, ServerUnreachable, redact
+from data_gen.config import ApiStageConfig, check_server_url
+from data_gen.errors import FatalAPIError, RequestFailed, ServerUnreachable, redact
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest, Reply
 
@@ -51,19 +50,6 @@ DEFAULT_SERVER_URL = "https://api.mistral.ai"
 #: Request fields only the Mistral API knows. An OpenAI-style server (transformers serve, vLLM, llama.cpp) may refuse
 #: them with a 422 that names the field; the field is then left out for the rest of the run.
 MISTRAL_ONLY_FIELDS = ("random_seed", "safe_prompt", "prompt_mode")
-
-
-def check_server_url(url: str | None) -> None:
-    """Refuse a URL the SDK cannot send to (``not-a-url``, no scheme, no host) before any work is done."""
-    if url is None:
-        return
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-numeric port
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ConfigError(f"server_url: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000)")
 
 
 class RateLimiter:

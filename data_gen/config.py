@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from jsonargparse import ArgumentParser, set_parsing_settings
@@ -29,6 +30,19 @@ from data_gen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
+
+
+def check_server_url(url: str | None) -> None:
+    """Refuse a URL the SDK cannot send to (``not-a-url``, no scheme, no host) before any work is done."""
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-numeric port
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"server_url: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000)")
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,15 @@ class ApiStageConfig:
             problems.append("limit must be >= 0")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def api_key(self) -> str | None:
+        """The key from ``$api_key_env``; a server of your own (``server_url``) may do without one."""
+        key = os.environ.get(self.api_key_env) or None
+        if key is None and self.server_url is None:
+            raise ConfigError(
+                f"${self.api_key_env} is not set: export the Mistral API key (it is read from the environment only)"
+            )
+        return key
 
     def unpriced(self, models: Iterable[str]) -> list[str]:
         """The models the price table lacks; none with a ``server_url`` (a server of your own costs nothing)."""
@@ -269,9 +292,21 @@ def _field_docstrings() -> Iterator[None]:
         set_parsing_settings(docstring_parse_attribute_docstrings=False)  # jsonargparse's default
 
 
+def _parser_class(prog: str | None) -> type[ArgumentParser]:
+    """An ArgumentParser whose prog defaults to ours: jsonargparse builds the parser of a nested ``--score.help`` as
+    ``type(parser)(description=…)``, which would print ``usage: __main__.py``."""
+
+    class Parser(ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("prog", prog)
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
 def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
     """``--config FILE``, ``--print_config`` and one flag per field of ``cls`` (dotted for nested configs)."""
-    parser = ArgumentParser(prog=prog, description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
+    parser = _parser_class(prog)(description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action="config", help="YAML file with any of the keys below")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (retries, each poll)")
     parser.add_class_arguments(cls)

@@ -225,3 +225,9 @@ def test_field_docstrings_are_read_for_our_parsers_only(dg, capsys):
     parser = ArgumentParser()
     parser.add_class_arguments(Other)
     assert "a field docstring only the attribute setting reads" not in parser.format_help()
+
+
+def test_a_nested_help_names_the_command_it_belongs_to(dg, capsys):
+    assert dg("run", "--score.help") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m data_gen run [--score.input INPUT]") and "__main__.py" not in out

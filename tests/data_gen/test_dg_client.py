@@ -16,10 +16,9 @@ from fake_api import FakeConfig, FakeMistral
 from data_gen.client import (
     MistralClient,
     RateLimiter,
-    check_server_url,
     retry_after_seconds,
 )
-from data_gen.config import Price
+from data_gen.config import Price, check_server_url
 from data_gen.errors import (
     BudgetExhausted,
     ConfigError,
