@@ -316,6 +316,7 @@ def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
 def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[Any, bool]:
     """``cls`` from command-line arguments (``--config FILE`` and flags), the environment, then ``check()``;
     and whether ``--verbose`` was asked for."""
+    flags = flag_keys(argv)  # as typed, before normalising: "--max-tokens abc" is named as "--max-tokens"
     argv = normalise_flags(argv, cls)
     files = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--config"]
     files += [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--config=")]
@@ -324,7 +325,6 @@ def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[A
         if loaded is not None:
             check_keys(cls, loaded, str(path), extra=("verbose",))
     source = ", ".join(map(str, files)) or "config"
-    flags = flag_keys(argv)
     try:
         with _field_docstrings():  # also for the help of an optional nested config, built when asked for
             parser = config_parser(cls, prog)

@@ -101,6 +101,8 @@ def test_unknown_flags_and_bad_values_are_one_error_line(cli):
         (["generate", "--seed", "x"], "--seed: expected int, got 'x'"),
         (["run", "--generate.temperature", "hot"], "--generate.temperature: expected float, got 'hot'"),
         (["build", "--balance", "maybe"], "--balance: expected bool, got 'maybe'"),
+        (["generate", "--max-tokens", "abc"], "error: --max-tokens: expected int, got 'abc'"),  # the flag as typed
+        (["run", "--reflect.max-tokens=abc"], "error: --reflect.max-tokens: expected int"),
     ]:
         rc, err = cli(*argv)
         lines = err.strip().splitlines()
