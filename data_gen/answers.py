@@ -101,59 +101,130 @@ def label_of(value: Any) -> int | None:
 
 # --- verdicts stated in a thought ---
 
-# Spans that mention contradiction without claiming one ("lack of contradictory facts"): masked, no verdict.
+_VERBS = (r"(?:entail\w*|follow\w*|impl(?:y|ies|ied)|support\w*|infer\w*|conclu\w*|deduc\w*|deriv\w*|prov(?:e|es|en|ed)"
+          r"|true|correct|valid|confirm\w*|establish\w*|determin\w*|say|tell|know)")
+# Spans that mention contradiction without claiming one ("lack of contradictory facts", "nothing in the premise
+# contradicts it"), and hedges that assert what follows ("there is no doubt that"): masked, no verdict.
 _NOT_A_VERDICT = re.compile(
-    r"\b(?:no|not|never|lack\s+of|without|free\s+of|absence\s+of|nothing)\s+(?:\w+\s+){0,2}?contradict\w*"
-    r"|\b(?:does|do|did|is|are)\s*(?:not|n't)\s+(?:\w+\s+)?contradict\w*",
+    r"\b(?:no|not|never|lack\s+of|without|free\s+of|absence\s+of|nothing|none)\s+(?:\w+\s+){0,2}?contradict\w*"
+    r"|\b(?:nothing|none)\s+(?:in|of|about|within|from)\s+(?:\w+\s+){0,3}?contradict\w*"
+    r"|(?:\b(?:does|do|did|is|are|was)\s*(?:not|n't)|\bnever)\s+(?:\w+\s+)?contradict\w*"
+    r"|\b(?:there\s+is\s+)?no\s+(?:doubt|question)\s+that\b|\b(?:cannot|can't|can\s+not)\s+(?:be\s+)?den(?:y|ied)\s+that\b",
+    re.IGNORECASE,
+)
+# "it is not the case that …", "it cannot be said that …": the verdict of the rest, reversed (double negations).
+_REVERSING = re.compile(
+    r"\b(?:it\s+is\s+|it's\s+)?(?:not\s+(?:the\s+case|true|correct|right)|false|wrong|incorrect|untrue|a\s+mistake)"
+    r"\s+(?:to\s+(?:say|claim|conclude|think)\s+)?that\b"
+    r"|\b(?:it\s+)?(?:cannot|can't|can\s+not)\s+(?:be\s+)?(?:said|say|claimed|claim)\s+that\b",
     re.IGNORECASE,
 )
 _NO = re.compile(
     r"\b(?:no|not|non)[\s_-]*entail\w*"
-    r"|\b(?:does|do|did)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entail|imply|follow|support|prove)\w*"
-    r"|\b(?:is|are)\s*(?:not|n't)\s+(?:necessarily\s+|logically\s+)?(?:entailed|implied|supported|true|correct|valid)\b"
-    r"|\b(?:can\s*not|can't|could\s*not|couldn't|may\s+not)\s+(?:be\s+)?(?:logically\s+)?"
-    r"(?:inferred|concluded|deduced|derived|entailed|determined|confirmed|verified"
-    r"|conclude|infer|determine|deduce|say|tell)\b"
-    r"|\b(?:not\s+possible|impossible)\s+to\s+(?:infer|conclude|determine|deduce|say|tell)\b"
-    r"|\b(?:not|insufficient|without)\s+(?:enough\s+)?(?:information|evidence)\b"
-    r"|\bno\s+(?:information|evidence)\b"
+    r"|(?:\b(?:not|never|no|cannot|hardly)|n't|\b(?:fails?|failed|unable)\s+to)(?:\s+[\w,]+){0,3}?\s+" + _VERBS + r"\b"
+    r"|\b(?:not\s+possible|impossible)\s+to\s+(?:infer|conclude|determine|deduce|say|tell|know)\b"
+    r"|\b(?:entailment|inference)\s+(?:is|was)\s+(?:not\b|impossible|ruled\s+out|absent|lacking|missing)"
+    r"|\b(?:not|insufficient|without)\s+(?:enough\s+)?(?:information|evidence|support)\b"
+    r"|\bno\s+(?:information|evidence|support|mention|indication|basis)\b"
+    # only part of it is supported: "only part of the hypothesis is supported", "little of it is stated"
+    r"|\b(?:only\s+(?:a\s+)?(?:part|parts|some|half|partly|partially)|partly|partially|little|none|not\s+all"
+    r"|not\s+(?:fully|entirely|completely|wholly))(?:\s+of)?(?:\s+[\w']+){0,5}?\s+(?:support\w*|entail\w*"
+    r"|impl(?:y|ies|ied)|stat\w*|mention\w*|back\w*|cover\w*|confirm\w*|establish\w*|follow\w*)\b"
+    r"|\b(?:supports?|entails?|implies|confirms?|covers?|states?)\s+only\s+(?:a\s+)?(?:part|some|half|one)\b"
+    r"|\bnot\s+(?:mentioned|stated|specified|given|said)\b|\bgoes\s+beyond\b|\bsilent\s+(?:on|about)\b"
     r"|\bcontradict\w*|\bneutral\b|\bunrelated\b|\bmutually\s+exclusive\b|\bmay\s+or\s+may\s+not\b"
+    r"|\b(?:unclear|uncertain|undetermined|indeterminate|unsupported|unsubstantiated|unwarranted)\b"
     r"|\bnot\s+necessarily\b|\b(?:hypothesis|it)\s+is\s+false\b"
     r"|\b(?:label|answer)\s*(?:is|:|=)?\s*0\b",
     re.IGNORECASE,
 )
 _YES = re.compile(
-    r"\bentail\w*"
-    r"|\b(?:can|could|may)\s+be\s+(?:logically\s+|safely\s+|directly\s+)?(?:inferred|concluded|deduced|derived)\b"
-    r"|\bfollows?\s+(?:directly\s+|logically\s+|necessarily\s+)?from\b"
-    r"|\b(?:is|are)\s+(?:directly\s+|clearly\s+|fully\s+)?(?:implied|supported)\s+by\b"
-    r"|\b(?:premise\s+)?supports\s+the\s+hypothesis\b"
-    r"|\b(?:hypothesis|it)\s+(?:is|must\s+be)\s+true\b|\bmust\s+be\s+true\b"
+    r"\bentail\w*|\bfollows?\b"
+    r"|\b(?:can|could|may)\s+be\s+(?:\w+\s+)?(?:inferred|concluded|deduced|derived)\b"
+    r"|\b(?:can|could)\s+(?:safely\s+|logically\s+|reasonably\s+)?(?:conclude|infer|deduce)\b"
+    r"|\b(?:implied|supported|confirmed|established|proven|guaranteed)\s+by\b|\b(?:supports|implies|confirms|proves)\b"
+    r"|\b(?:hypothesis|it|this)\s+(?:is|must\s+be)\s+(?:\w+\s+)?true\b|\bmust\s+be\s+true\b"
     r"|\b(?:label|answer)\s*(?:is|:|=)?\s*1\b",
     re.IGNORECASE,
 )
-_LEADING = 30  # a verdict that opens the step ("no entailment, because …") decides it, whatever the reason says
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A verdict that opens the text and is then argued: "no entailment, because …", "Verdict: entailment."
+_LEADING = re.compile(
+    r"^[\W_]*(?:(?:verdict|answer|label|conclusion|result)\s*[:=\-]\s*)?(?:(?P<no>(?:no|not|non)[\s_-]*entail\w*"
+    r"|contradiction|neutral)|(?P<yes>entail\w*))\s*(?:[,:;.(\u2013\u2014\-]|because\b|since\b|as\b|given\b|$)",
+    re.IGNORECASE,
+)
+# Where the conclusion starts inside a sentence ("…, so the hypothesis is not entailed").
+_CONCLUSION = re.compile(
+    r"\b(?:so|therefore|thus|hence|consequently|accordingly|as\s+a\s+result|in\s+conclusion|overall|in\s+short"
+    r"|(?:which|this)\s+means(?:\s+that)?|it\s+follows\s+that)\b",
+    re.IGNORECASE,
+)
+_REASON_FIRST = re.compile(r"^\W*(?:since|because|as|given|based\s+on|although|though|while|whereas|if)\b", re.I)
+_REASON_AFTER = re.compile(r",?\s+\b(?:because|since|given\s+that|as)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+
+
+def _cues(text: str) -> list[tuple[int, int]]:
+    """(position, label) of every verdict phrase; negated phrasings are read (and masked) before the bare words."""
+    found = [(m.start(), 0) for m in _NO.finditer(text)]
+    masked = _NO.sub(lambda m: " " * len(m.group(0)), text)
+    return sorted(found + [(m.start(), 1) for m in _YES.finditer(masked)])
+
+
+def _clause_verdict(text: str) -> tuple[bool, int | None]:
+    """(whether the clause states a verdict, the label it states: ``None`` when its cues disagree)."""
+    reversing = _REVERSING.search(text)
+    if reversing is not None and not _cues(text[: reversing.start()]):
+        stated, verdict = _clause_verdict(text[reversing.end() :])
+        return stated, None if verdict is None else 1 - verdict
+    labels = {label for _, label in _cues(text)}
+    return bool(labels), labels.pop() if len(labels) == 1 else None
+
+
+def _main_clause(sentence: str) -> str:
+    """The sentence without its reason: after the comma of "Since …, X", before the "because" of "X because …"."""
+    if _REASON_FIRST.match(sentence):
+        return sentence.rsplit(",", 1)[-1] if "," in sentence else sentence
+    return _REASON_AFTER.split(sentence, maxsplit=1)[0]
+
+
+def _conclusions(text: str) -> Iterable[str]:
+    """Where a conclusion may be, most decisive first: after the last "so / therefore / thus …" (later markers
+    first), then each sentence from the last, its main clause before the whole of it."""
+    for m in reversed(list(_CONCLUSION.finditer(text))):
+        yield text[m.end() :]
+    for sentence in reversed([s for s in _SENTENCE_END.split(text) if s.strip()]):
+        yield _main_clause(sentence)
+        yield sentence
 
 
 def verdict_of(text: str, anywhere: bool = False) -> int | None:
-    """The label a conclusion states (1 entailment, 0 no entailment), or ``None`` when it states none.
+    """The label a conclusion states (1 entailment, 0 no entailment), or ``None`` when it states none or is unsure.
 
-    A verdict that opens the text decides it; otherwise the last one stated does (the conclusion comes last).
-    Negated and "no contradiction" phrasings are read before the bare words, so "cannot be inferred" is 0 and
-    "lack of contradictory facts" is no verdict at all. ``anywhere`` is for short label strings.
+    The conclusion decides, not the reasons before it: a verdict that opens the text ("no entailment, because …"),
+    else the clause after the last so / therefore / thus / hence, else the last sentence that states one (its main
+    clause first: "Since nothing contradicts it, the hypothesis is entailed"). Negations are read before the bare
+    words ("is not entailed", "cannot be inferred", "only part of it is supported" are 0), "no contradiction" is no
+    verdict, "it is not the case that …" reverses, and cues that disagree within the conclusion give ``None``:
+    a reader that is unsure says so instead of guessing. ``anywhere`` is for short label strings: every cue must
+    agree.
     """
-    masked = _NOT_A_VERDICT.sub(lambda m: " " * len(m.group(0)), text)
-    found = [(m.start(), 0) for m in _NO.finditer(masked)]
-    masked = _NO.sub(lambda m: " " * len(m.group(0)), masked)
-    found += [(m.start(), 1) for m in _YES.finditer(masked)]
-    if not found:
-        return None
-    found.sort()
     if anywhere:
-        return found[0][1] if len({v for _, v in found}) == 1 else None
-    start = len(text) - len(text.lstrip(" *:-"))
-    return found[0][1] if found[0][0] - start <= _LEADING else found[-1][1]
+        return _clause_verdict(_NOT_A_VERDICT.sub(lambda m: " " * len(m.group(0)), text))[1]
+    return read_verdict(text)[1]
+
+
+def read_verdict(text: str) -> tuple[bool, int | None]:
+    """(whether the conclusion of ``text`` states a verdict, :func:`verdict_of` it): stated but ``None`` is unsure."""
+    masked = _NOT_A_VERDICT.sub(lambda m: " " * len(m.group(0)), text)
+    lead = _LEADING.match(masked)
+    if lead is not None:
+        return True, 0 if lead.group("no") else 1
+    for clause in _conclusions(masked):
+        stated, verdict = _clause_verdict(clause)
+        if stated:
+            return True, verdict
+    return False, None
 
 
 # --- thought normalisation ---
@@ -210,22 +281,26 @@ def normalise_thought(thought: str) -> str:
     return f"{preamble} {body}" if preamble else body
 
 
-def stated_verdict(thought: str) -> int | None:
-    """The verdict in the last step (step 3 of a 3-step thought), or in the last two sentences if unnumbered."""
+def _conclusion_of(thought: str) -> str:
+    """The last step (step 3 of a 3-step thought), or the whole of an unnumbered thought."""
     _, steps = split_steps(thought)
-    if len(steps) >= 2:
-        return verdict_of(steps[-1])
-    sentences = [s for s in _SENTENCE_END.split(flat(thought)) if s]
-    return verdict_of(" ".join(sentences[-2:]))
+    return steps[-1] if len(steps) >= 2 else flat(thought)
+
+
+def stated_verdict(thought: str) -> int | None:
+    """The verdict the thought's conclusion states (:func:`verdict_of` of its last step)."""
+    return verdict_of(_conclusion_of(thought))
 
 
 def quality(thought: str, label: int) -> dict[str, Any]:
-    """The flags ``build`` filters on: step count, whether the stated verdict agrees with ``label``, length."""
+    """The flags ``build`` filters on: step count, whether the stated verdict agrees with ``label`` (``None``: no
+    verdict stated, or ``verdict_uncertain``: one whose cues disagree), length."""
     _, steps = split_steps(thought)
-    verdict = stated_verdict(thought)
+    stated, verdict = read_verdict(_conclusion_of(thought))
     return {
         "steps": len(steps),
         "verdict_consistent": None if verdict is None else verdict == label,
+        "verdict_uncertain": stated and verdict is None,
         "words": len(thought.split()),
     }
 
@@ -406,10 +481,12 @@ def parse_scores(text: str) -> dict[str, Any]:
 class QualityRules:
     """Which thoughts ``build`` lets into the corpus (the defaults are the ``standard`` preset).
 
-    A thought whose stated verdict contradicts its label is always dropped: training on it would teach the model to
-    argue one way and answer the other.
+    A thought whose stated verdict contradicts its label is dropped (training on it would teach the model to argue
+    one way and answer the other) unless ``verdict_must_agree`` is off (``lenient``): the verdict reader can be
+    wrong, and build reports per label what each rule removed, so a skew it causes can be seen.
     """
 
+    verdict_must_agree: bool = True  # drop a thought whose stated verdict is the other label
     steps: int | None = 3  # exact number of numbered steps; null: any
     verdict_required: bool = False  # drop a thought whose last step states no verdict
     min_words: int = 10
@@ -417,7 +494,7 @@ class QualityRules:
 
     def failed_rule(self, flags: dict[str, Any]) -> str | None:
         """The first rule the flags break, by the name ``build`` counts it under; ``None`` if the thought stays."""
-        if flags["verdict_consistent"] is False:
+        if self.verdict_must_agree and flags["verdict_consistent"] is False:
             return "verdict_contradicts_label"
         if self.verdict_required and flags["verdict_consistent"] is None:
             return "no_verdict"
@@ -432,7 +509,7 @@ class QualityRules:
 
 QUALITY_RULES = ("verdict_contradicts_label", "no_verdict", "wrong_step_count", "too_few_words", "too_many_words")
 QUALITY_PRESETS = {
-    "lenient": QualityRules(steps=None, min_words=1, max_words=None),
+    "lenient": QualityRules(verdict_must_agree=False, steps=None, min_words=1, max_words=None),
     "standard": QualityRules(),
     "strict": QualityRules(steps=3, verdict_required=True, min_words=20, max_words=100),
 }

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from data_gen.config import parse_config
-from data_gen.errors import EXIT_USAGE, DataGenError, RequestFailed
+from data_gen.errors import EXIT_USAGE, DataGenError, RequestFailed, redact
 
 #: command -> (module, config dataclass, entry point ``f(config) -> exit status``); imported only when run.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -47,9 +47,7 @@ class RedactSecrets(logging.Filter):
         self.secrets: set[str] = set()
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:

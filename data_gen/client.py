@@ -26,15 +26,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx2
 from mistralai.client import Mistral, errors, models
 from mistralai.client.utils.logger import NoOpLogger
 
 from data_gen import sdk_models
-from data_gen.config import ApiStageConfig
-from data_gen.errors import ConfigError, FatalAPIError, RequestFailed, ServerUnreachable
+from data_gen.config import ApiStageConfig, check_server_url
+from data_gen.errors import FatalAPIError, RequestFailed, ServerUnreachable, redact
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest, Reply
 
@@ -48,19 +47,9 @@ _MESSAGE_TYPES = {"system": models.SystemMessage, "user": models.UserMessage, "a
 _JSON_MODE = models.ResponseFormat(type="json_object")
 sdk_models.install()  # the SDK's per-call pydantic wrapper classes, built once per type instead
 DEFAULT_SERVER_URL = "https://api.mistral.ai"
-
-
-def check_server_url(url: str | None) -> None:
-    """Refuse a URL the SDK cannot send to (``not-a-url``, no scheme, no host) before any work is done."""
-    if url is None:
-        return
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-numeric port
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ConfigError(f"server_url: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000)")
+#: Request fields only the Mistral API knows. An OpenAI-style server (transformers serve, vLLM, llama.cpp) may refuse
+#: them with a 422 that names the field; the field is then left out for the rest of the run.
+MISTRAL_ONLY_FIELDS = ("random_seed", "safe_prompt", "prompt_mode")
 
 
 class RateLimiter:
@@ -185,6 +174,7 @@ class MistralClient:
         self._failing_since: float | None = None  # first attempt since the last answer that did not reach the server
         self._down: ServerUnreachable | None = None
         self._down_event = asyncio.Event()
+        self._refused_fields: set[str] = set()  # Mistral-only fields this server answered 422 to
 
     @classmethod
     def from_config(cls, cfg: ApiStageConfig, api_key: str | None, ledger: Ledger) -> MistralClient:
@@ -229,8 +219,7 @@ class MistralClient:
 
     def scrub(self, text: str) -> str:
         """Error text safe to store: never the key, never unbounded."""
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
+        text = redact(text, {self._api_key} if self._api_key else set())
         return text if len(text) <= 300 else text[:300] + "…"
 
     def _classify(self, exc: Exception) -> _Transient:
@@ -244,7 +233,7 @@ class MistralClient:
                 ) from None
             if status in (408, 429) or status >= 500:
                 return _Transient(f"HTTP {status}", retry_after_seconds(exc.headers), reached=True)
-            raise RequestFailed(f"HTTP {status}: {self.scrub(exc.body or '')}") from None
+            raise RequestFailed(f"HTTP {status}: {self.scrub(exc.body or '')}", status=status) from None
         if isinstance(exc, httpx2.TimeoutException):
             return _Transient(f"timed out after {self._timeout_s:g}s")
         if isinstance(exc, (httpx2.TransportError, errors.NoResponseError)):
@@ -360,9 +349,7 @@ class MistralClient:
         if request.seed is not None:
             kwargs["random_seed"] = request.seed
         try:
-            response = await self._retrying(
-                f"row {row_id}", lambda: self.sdk.chat.complete_async(**kwargs), model=request.model
-            )
+            response = await self._send_chat(kwargs, row_id)
             usage = response.usage
             reply = Reply(
                 text=text_of(response.choices[0].message.content if response.choices and response.choices[0].message else None),
@@ -375,6 +362,31 @@ class MistralClient:
         finally:
             self.ledger.release(bound)
         return reply
+
+    async def _send_chat(self, kwargs: dict[str, Any], row_id: str) -> Any:
+        """The chat request, less the Mistral-only fields this server refuses (each dropped once, with a warning).
+
+        What is left out is decided as each attempt is sent, so requests queued behind the first refusal never
+        send the field again.
+        """
+        sent: dict[str, Any] = {}
+
+        def call() -> Awaitable[Any]:
+            sent.clear()
+            sent.update({k: v for k, v in kwargs.items() if k not in self._refused_fields})
+            return self.sdk.chat.complete_async(**sent)
+
+        while True:
+            try:
+                return await self._retrying(f"row {row_id}", call, model=kwargs["model"])
+            except RequestFailed as e:
+                named = {f for f in MISTRAL_ONLY_FIELDS if f in sent and e.status == 422 and f in str(e)}
+                if not named:
+                    raise
+                if not named <= self._refused_fields:
+                    log.warning("%s refuses %s (HTTP 422): sending requests without %s from now on",
+                                self.url, ", ".join(sorted(named)), "it" if len(named) == 1 else "them")
+                self._refused_fields |= named
 
     def _record(self, model: str, reply: Reply, row_id: str, journal: Callable[[Reply], None] | None) -> None:
         if journal is not None:

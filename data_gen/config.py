@@ -11,22 +11,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import typing
 from argparse import ArgumentError
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from jsonargparse import ArgumentParser, set_parsing_settings
 
 from data_gen.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
+
+
+def check_server_url(url: str | None) -> None:
+    """Refuse a URL the SDK cannot send to (``not-a-url``, no scheme, no host) before any work is done."""
+    if url is None:
+        return
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-numeric port
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"server_url: {url!r} is not an http(s) URL with a host (e.g. http://127.0.0.1:8000)")
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,8 @@ class ApiStageConfig:
     seed: int | None = 0
     """random_seed sent with each request (null: none)"""
     server_url: str | None = None
-    """API base URL (env MISTRAL_SERVER_URL); default: the Mistral API"""
+    """API base URL (env MISTRAL_SERVER_URL); default: the Mistral API. Any OpenAI-compatible server works (vLLM,
+    llama.cpp, Ollama, transformers serve): its models cost 0 unless the price table names them"""
     api_key_env: str = "MISTRAL_API_KEY"
     """name of the environment variable holding the API key"""
     concurrency: int = 16
@@ -125,6 +142,28 @@ class ApiStageConfig:
             problems.append("limit must be >= 0")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def api_key(self) -> str | None:
+        """The key from ``$api_key_env``; a server of your own (``server_url``) may do without one."""
+        key = os.environ.get(self.api_key_env) or None
+        if key is None and self.server_url is None:
+            raise ConfigError(
+                f"${self.api_key_env} is not set: export the Mistral API key (it is read from the environment only)"
+            )
+        return key
+
+    def unpriced(self, models: Iterable[str]) -> list[str]:
+        """The models the price table lacks; none with a ``server_url`` (a server of your own costs nothing)."""
+        return [] if self.server_url else sorted(set(models) - set(self.price_table()))
+
+    def prices_for(self, models: Iterable[str]) -> dict[str, Price]:
+        """The price table, plus a price of 0 (and one warning) for each of ``models`` it lacks on a ``server_url``."""
+        table = {} if self.prices is None and self.server_url else self.price_table()
+        free = sorted(set(models) - set(table)) if self.server_url else []
+        if free:
+            log.warning("no price for %s in the price table: counted as free (a server_url is set, %s)",
+                        ", ".join(map(repr, free)), self.server_url)
+        return {**table, **dict.fromkeys(free, Price(0.0, 0.0))}
 
     def price_table(self) -> dict[str, Price]:
         """The ``prices`` mapping, reading the YAML file it names if it is a path."""
@@ -253,9 +292,21 @@ def _field_docstrings() -> Iterator[None]:
         set_parsing_settings(docstring_parse_attribute_docstrings=False)  # jsonargparse's default
 
 
+def _parser_class(prog: str | None) -> type[ArgumentParser]:
+    """An ArgumentParser whose prog defaults to ours: jsonargparse builds the parser of a nested ``--score.help`` as
+    ``type(parser)(description=…)``, which would print ``usage: __main__.py``."""
+
+    class Parser(ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("prog", prog)
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
 def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
     """``--config FILE``, ``--print_config`` and one flag per field of ``cls`` (dotted for nested configs)."""
-    parser = ArgumentParser(prog=prog, description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
+    parser = _parser_class(prog)(description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action="config", help="YAML file with any of the keys below")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (retries, each poll)")
     parser.add_class_arguments(cls)
@@ -265,6 +316,7 @@ def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
 def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[Any, bool]:
     """``cls`` from command-line arguments (``--config FILE`` and flags), the environment, then ``check()``;
     and whether ``--verbose`` was asked for."""
+    flags = flag_keys(argv)  # as typed, before normalising: "--max-tokens abc" is named as "--max-tokens"
     argv = normalise_flags(argv, cls)
     files = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--config"]
     files += [Path(a.split("=", 1)[1]) for a in argv if a.startswith("--config=")]
@@ -273,7 +325,6 @@ def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[A
         if loaded is not None:
             check_keys(cls, loaded, str(path), extra=("verbose",))
     source = ", ".join(map(str, files)) or "config"
-    flags = flag_keys(argv)
     try:
         with _field_docstrings():  # also for the help of an optional nested config, built when asked for
             parser = config_parser(cls, prog)

@@ -43,7 +43,24 @@ class BudgetExhausted(Exception):
 class RequestFailed(Exception):
     """One API request failed for good with an error that retrying cannot fix (a 4xx such as 400)."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the server answered
+
 
 class RowFailed(Exception):
     """A row cannot be completed (e.g. no valid answer within ``max_tries``); the reason is recorded."""
 
+
+
+#: Shorter "secrets" are not redacted: a local server takes any key, and masking a one-character key would mask
+#: that character in every message (``Une***pected fields``). A real API key is far longer.
+MIN_SECRET_CHARS = 8
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    """``text`` with every secret of at least :data:`MIN_SECRET_CHARS` characters replaced by ``***``."""
+    for secret in secrets:
+        if len(secret) >= MIN_SECRET_CHARS:
+            text = text.replace(secret, "***")
+    return text

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen.config import ApiStageConfig
-from data_gen.errors import EXIT_DONE, EXIT_FAILED_ROWS, EXIT_RESUMABLE, EXIT_USAGE, ConfigError
+from data_gen.config import ApiStageConfig, check_server_url
+from data_gen.errors import EXIT_DONE, EXIT_FAILED_ROWS, EXIT_RESUMABLE, EXIT_USAGE, ConfigError, DataGenError
 from data_gen.progress import pipeline_step
 from data_gen.stages import build, generate, reflect, score
 from data_gen.stages.build import BuildConfig
@@ -75,8 +75,10 @@ class PipelineConfig:
         for name, cfg in [(n, c) for n, c, _ in self.api_stages()] + [("build", self.build)]:
             try:
                 cfg.check()
-                if isinstance(cfg, ApiStageConfig):  # a later stage's missing price found now, not after paying
-                    unpriced = sorted({cfg.model, getattr(cfg, "improve_model", cfg.model)} - set(cfg.price_table()))
+                if isinstance(cfg, ApiStageConfig):  # a later stage's URL, key or price found now, not after paying
+                    check_server_url(cfg.server_url)
+                    cfg.api_key()
+                    unpriced = cfg.unpriced({cfg.model, getattr(cfg, "improve_model", cfg.model)})
                     problems += [f"{name}: no price for model {m!r} in {cfg.prices}" for m in unpriced]
             except ConfigError as e:
                 problems.append(f"{name}: {e}")
@@ -107,21 +109,55 @@ def summary(cfg: PipelineConfig, codes: dict[str, int]) -> str:
     lines = ["pipeline summary", header]
     lines += [_stage_line(name, output, codes.get(name), costs[name]) for name, output in outputs.items()]
     stats_path = cfg.build.out_dir / "stats.json" if cfg.build.out_dir else None
-    if "build" in codes and stats_path is not None and stats_path.is_file():
+    if codes.get("build") == EXIT_DONE and stats_path is not None and stats_path.is_file():
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
         splits = ", ".join(f"{k} {v['rows']}" for k, v in stats["splits"].items())
         lines.append(f"  {'build':<9} exit {codes['build']:<3}  corpus {splits} -> {cfg.build.out_dir} (stats.md)")
+    else:
+        status = "not run" if "build" not in codes else f"exit {codes['build']}"
+        lines.append(f"  {'build':<9} {status:<8} no corpus written")
     budget = f" of a £{cfg.budget:.4f} budget" if cfg.budget is not None else ""
     lines.append(f"  total £{sum(costs.values()):.4f}{budget}")
     return "\n".join(lines)
 
 
+def _done_rows(output: Path) -> int | None:
+    """Done rows the stage's last run recorded (its summary), ``None`` before it ran."""
+    path = sidecar(output, "summary", ".json")
+    return json.loads(path.read_text(encoding="utf-8"))["done"] if path.is_file() else None
+
+
+def _without_empty(stage_cfg: Any, keys: tuple[str, ...]) -> Any:
+    """The stage's settings, less each optional input that a stage left without a single done row (all failed)."""
+    empty = {key: None for key in keys if getattr(stage_cfg, key) is not None and not getattr(stage_cfg, key).is_file()}
+    for key in empty:
+        log.warning("%s has no done rows: going on without it", getattr(stage_cfg, key))
+    return dataclasses.replace(stage_cfg, **empty)
+
+
+def _stop(cfg: PipelineConfig, codes: dict[str, int], name: str) -> int:
+    print(summary(cfg, codes))
+    then = "rerun the same command to continue" if codes[name] == EXIT_RESUMABLE else "fix it and rerun"
+    log.warning("run stopped at %s (exit %d); %s", name, codes[name], then)
+    return codes[name]
+
+
 def run(cfg: PipelineConfig) -> int:
-    """Each paid stage under what is left of the budget, then build; stop at 2 or 3, go on past 4."""
+    """Each paid stage under what is left of the budget, then build; stop at 2 or 3, go on past 4.
+
+    Whatever happens, the run ends with its table; a stage's error (exit 2) follows it as one
+    ``error: <stage>: …`` line. When generate ends with no done row, nothing is left to reflect, score or build:
+    those steps are skipped and the run returns 4.
+    """
     stages = cfg.api_stages()
     outputs = {name: stage.output for name, stage, _ in stages}
     codes: dict[str, int] = {}
     for index, (name, stage_cfg, main) in enumerate(stages, 1):
+        if index > 1 and _done_rows(cfg.generate.output) == 0:
+            log.warning("%s: skipped, generate has no done rows (reasons in its failed file)", name)
+            continue
+        if name == "score":
+            stage_cfg = _without_empty(stage_cfg, ("reflected",))
         elsewhere = sum(gbp for other, gbp in spent(outputs).items() if other != name)
         if cfg.budget is not None:
             left = max(0.0, cfg.budget - elsewhere)
@@ -129,13 +165,25 @@ def run(cfg: PipelineConfig) -> int:
             stage_cfg = dataclasses.replace(stage_cfg, budget=left if own is None else min(own, left))
         log.info("run %d/%d: %s (£%.4f spent by the other stages)", index, len(stages) + 1, name, elsewhere)
         with pipeline_step(index, len(stages) + 1, elsewhere):
-            codes[name] = main(stage_cfg)
+            codes[name] = _guarded(cfg, codes, name, main, stage_cfg)
         if codes[name] in (EXIT_USAGE, EXIT_RESUMABLE):
-            print(summary(cfg, codes))
-            then = "rerun the same command to continue" if codes[name] == EXIT_RESUMABLE else "fix it and rerun"
-            log.warning("run stopped at %s (exit %d); %s", name, codes[name], then)
-            return codes[name]
-    log.info("run %d/%d: build", len(stages) + 1, len(stages) + 1)
-    codes["build"] = build.main(dataclasses.replace(cfg.build, quiet=True))  # its table is in stats.md
+            return _stop(cfg, codes, name)
+    if _done_rows(cfg.generate.output) == 0:
+        log.warning("build: skipped, generate has no done rows")
+    else:
+        log.info("run %d/%d: build", len(stages) + 1, len(stages) + 1)
+        build_cfg = _without_empty(dataclasses.replace(cfg.build, quiet=True), ("reflected", "scores"))  # table: stats.md
+        codes["build"] = _guarded(cfg, codes, "build", build.main, build_cfg)
     print(summary(cfg, codes))
-    return EXIT_FAILED_ROWS if EXIT_FAILED_ROWS in codes.values() else EXIT_DONE
+    return EXIT_FAILED_ROWS if EXIT_FAILED_ROWS in codes.values() or "build" not in codes else EXIT_DONE
+
+
+def _guarded(cfg: PipelineConfig, codes: dict[str, int], name: str, main: Callable[[Any], int], stage_cfg: Any) -> int:
+    """The step's exit status. An error it raises (exit 2) still ends the run with its table, then goes on to the
+    CLI as one ``error: <stage>: …`` line."""
+    try:
+        return main(stage_cfg)
+    except DataGenError as e:
+        codes[name] = EXIT_USAGE
+        print(summary(cfg, codes))
+        raise type(e)(f"{name}: {e}") from None

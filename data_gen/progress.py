@@ -1,4 +1,4 @@
-"""Progress display: rows done / failed, rows per second, ETA and GBP spent so far.
+"""Progress display: rows done / failed, rows per second (seconds per row when slower), ETA and GBP spent so far.
 
 On a terminal it is a live ``rich`` bar on stderr; elsewhere (CI, logs, a test's pipe) one log line every
 ``every_s`` seconds and one at the end, so a long unattended run still shows where it is and what it cost.
@@ -65,13 +65,13 @@ class RowProgress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.1f} rows/s"),
+                TextColumn("{task.fields[speed]}"),
                 TimeRemainingColumn(),
                 TextColumn("£{task.fields[gbp]:.4f}"),
                 TextColumn("failed {task.fields[failed]}"),
                 console=console,
             )
-            self._task = self._bar.add_task(self.stage, total=total, rate=0.0, gbp=self.spent, failed=0)
+            self._task = self._bar.add_task(self.stage, total=total, speed=self.speed, gbp=self.spent, failed=0)
 
     def __enter__(self) -> RowProgress:
         if self._bar is not None:
@@ -93,13 +93,21 @@ class RowProgress:
     def rate(self) -> float:
         return (self.done + self.failed) / max(1e-9, time.monotonic() - self._start)
 
+    @property
+    def speed(self) -> str:
+        """``12.3 rows/s``, or ``35.2 s/row`` below one row a second (a local model: "0.0 rows/s" says nothing)."""
+        rate = self.rate
+        if rate >= 1:
+            return f"{rate:.1f} rows/s"
+        return f"{1 / rate:.1f} s/row" if rate > 0 else "- s/row"
+
     def advance(self, failed: bool = False) -> None:
         if failed:
             self.failed += 1
         else:
             self.done += 1
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, rate=self.rate, gbp=self.spent, failed=self.failed)
+            self._bar.update(self._task, advance=1, speed=self.speed, gbp=self.spent, failed=self.failed)
         elif not self._quiet and time.monotonic() - self._last_log >= self._every_s:
             self._log()
 
@@ -109,6 +117,6 @@ class RowProgress:
         left = self.total - finished
         eta = f"{left / self.rate:.0f}s" if self.rate > 0 and left else "-"
         log.info(
-            "%s: %d/%d rows (%d failed), %.1f rows/s, ETA %s, £%.4f spent",
-            self.stage, finished, self.total, self.failed, self.rate, eta, self.spent,
+            "%s: %d/%d rows (%d failed), %s, ETA %s, £%.4f spent",
+            self.stage, finished, self.total, self.failed, self.speed, eta, self.spent,
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -21,14 +20,13 @@ from typing import Any
 
 from data_gen import estimate
 from data_gen.batch import run_batch
-from data_gen.client import MistralClient, check_server_url
-from data_gen.config import ApiStageConfig
+from data_gen.client import MistralClient
+from data_gen.config import ApiStageConfig, check_server_url
 from data_gen.errors import (
     EXIT_DONE,
     EXIT_FAILED_ROWS,
     EXIT_RESUMABLE,
     BudgetExhausted,
-    ConfigError,
     FatalAPIError,
     RequestFailed,
     RowFailed,
@@ -129,13 +127,6 @@ async def run_sync(
     return stop
 
 
-def _api_key(cfg: ApiStageConfig) -> str | None:
-    key = os.environ.get(cfg.api_key_env) or None
-    if key is None and cfg.server_url is None:
-        raise ConfigError(f"${cfg.api_key_env} is not set: export the Mistral API key (it is read from the environment only)")
-    return key
-
-
 async def _execute(stage: ApiStage, todo: list[Record], cfg: ApiStageConfig, api_key: str | None,
                    store: RowStore, ledger: Ledger, journal: ReplyJournal, saved: dict[str, list[Reply]]) -> _Stop:
     async with MistralClient.from_config(cfg, api_key, ledger) as client:
@@ -193,7 +184,7 @@ def run_stage(stage: ApiStage, cfg: ApiStageConfig) -> int:
         store = RowStore(cfg.output)
         store.check_inputs(stage.rows)
         todo = store.pending(stage.rows, cfg.retry_failed)[: cfg.limit]
-        ledger = Ledger(cfg.price_table(), cfg.budget)
+        ledger = Ledger(cfg.prices_for(stage.models), cfg.budget)
         for model in stage.models:
             ledger.price(model)
         print(estimate.report(stage, todo, cfg, ledger))
@@ -208,7 +199,7 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
     store.check_inputs(stage.rows)
     pending = store.pending(stage.rows, cfg.retry_failed)
     todo = pending if cfg.limit is None else pending[: cfg.limit]
-    ledger = Ledger(cfg.price_table(), cfg.budget, sidecar(cfg.output, "ledger"))
+    ledger = Ledger(cfg.prices_for(stage.models), cfg.budget, sidecar(cfg.output, "ledger"))
     for model in stage.models:
         ledger.price(model)  # a missing price is an error before any call, not after
     journal = ReplyJournal(cfg.output)
@@ -220,7 +211,7 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
     if not todo and not resuming_batch:
         log.info("%s: nothing to do (%d done, %d failed) -> %s", stage.name, len(store.done), len(store.failed), cfg.output)
     else:
-        api_key = _api_key(cfg)
+        api_key = cfg.api_key()
         log.info(
             "%s: %d rows, %d done earlier, %d failed earlier%s, %d to do now (%s mode, %d resumed from saved replies), "
             "£%.4f spent on this output so far",
@@ -252,7 +243,7 @@ def _run_locked(stage: ApiStage, cfg: ApiStageConfig, duplicates: int) -> int:
         "failed": len(failed),
         "pending": len(ids - store.done.keys() - store.failed.keys()),
         "failure_reasons": top_reasons(failed),
-        "duplicate_ids": duplicates + store.duplicates,
+        "duplicate_ids": stage.input_duplicates + duplicates + store.duplicates,
         "stopped": stop.reason,
         "stop_message": stop.message or None,
         "seconds": round(time.monotonic() - started, 3),

@@ -77,6 +77,7 @@ class ApiStage:
     rows: list[dict[str, Any]]  # every row this stage should produce a result for, in input order
     workflow: Callable[[dict[str, Any]], Workflow]
     models: tuple[str, ...]  # every model it may call: their prices are checked before anything is sent
+    input_duplicates: int = 0  # records of the input that repeated an id already read (kept once; in the summary)
 
 
 def replay(workflow: Workflow, replies: Iterable[Reply]) -> ChatRequest:

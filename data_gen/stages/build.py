@@ -54,14 +54,15 @@ class BuildConfig:
     max_total_tokens: int = 512
     """drop rows whose prompt + answer + EOS is longer (nlicot's token count)"""
     quality: str | QualityRules = "standard"
-    """which thoughts enter the corpus: lenient | standard | strict, or rules {steps, verdict_required, min_words,
-    max_words} (unset ones as in standard); a verdict contradicting the label always goes"""
+    """which thoughts enter the corpus: lenient | standard | strict, or rules {verdict_must_agree, steps,
+    verdict_required, min_words, max_words} (unset ones as in standard); lenient keeps a verdict that contradicts
+    the label"""
     balance: bool = False
     """downsample the majority label to the minority count"""
     val_fraction: float = 0.1
-    """share of each label that goes to val.jsonl"""
+    """expected share of pairs in val.jsonl (chosen by a hash of each pair's content; not stratified by label)"""
     test_fraction: float = 0.0
-    """share of each label that goes to test.jsonl (0: no test file)"""
+    """expected share of pairs in test.jsonl (0: no test file; chosen like val)"""
     seed: int = 0
     """seed for balancing and splitting"""
     histogram_bins: int = 16
@@ -156,17 +157,42 @@ def dedup_pairs(rows: list[Record]) -> tuple[list[Record], int]:
     return kept, len(rows) - len(kept)
 
 
-def filter_quality(rows: list[Record], rules: QualityRules) -> tuple[list[Record], dict[str, int]]:
-    """Rows whose thought passes ``rules``, and how many each rule removed (counted under its first broken rule)."""
-    removed = dict.fromkeys(QUALITY_RULES, 0)
+@dataclass
+class QualityReport:
+    """What the quality filter did, per rule and per label, so that a filter that skews the labels is seen."""
+
+    removed: dict[str, int]  # rule -> rows it removed (each row under its first broken rule)
+    removed_by_label: dict[str, dict[str, int]]  # rule -> label -> rows
+    rows_by_label: dict[str, int]  # rows that reached the filter
+    uncertain_verdict: int  # rows kept whose verdict cues disagree (the reader is unsure; not a contradiction)
+
+    def skews(self) -> list[str]:
+        """Rules that removed one label at more than twice the rate of the other."""
+        out = []
+        for rule, by_label in self.removed_by_label.items():
+            rates = {lab: by_label[lab] / n for lab, n in self.rows_by_label.items() if n}
+            if len(rates) == 2 and sum(by_label.values()) and max(rates.values()) > 2 * min(rates.values()):
+                shown = ", ".join(f"label {lab}: {by_label[lab]} of {self.rows_by_label[lab]}" for lab in sorted(rates))
+                out.append(f"quality rule {rule} removed one label at more than twice the rate of the other ({shown})")
+        return out
+
+
+def filter_quality(rows: list[Record], rules: QualityRules) -> tuple[list[Record], QualityReport]:
+    """Rows whose thought passes ``rules``, and what each rule removed, per label."""
+    labels = ("0", "1")
+    report = QualityReport(dict.fromkeys(QUALITY_RULES, 0), {rule: dict.fromkeys(labels, 0) for rule in QUALITY_RULES},
+                           {lab: sum(str(r["label"]) == lab for r in rows) for lab in labels}, 0)
     kept = []
     for r in rows:
-        rule = rules.failed_rule(quality(r["thought_process"], r["label"]))
+        flags = quality(r["thought_process"], r["label"])
+        rule = rules.failed_rule(flags)
         if rule is None:
             kept.append(r)
+            report.uncertain_verdict += flags["verdict_uncertain"]
         else:
-            removed[rule] += 1
-    return kept, removed
+            report.removed[rule] += 1
+            report.removed_by_label[rule][str(r["label"])] += 1
+    return kept, report
 
 
 def balance(rows: list[Record], seed: int) -> list[Record]:
@@ -205,7 +231,11 @@ def render_markdown(stats: dict[str, Any]) -> str:
         "",
         f"Quality rules ({stats['quality']['preset'] or 'custom'}): "
         + ", ".join(f"{k} {v}" for k, v in stats["quality"]["rules"].items())
-        + "; a verdict that contradicts the label always removes the row.",
+        + ". Removed per label (rows reaching the filter: "
+        + ", ".join(f"label {k} {v}" for k, v in stats["quality"]["rows_by_label"].items()) + "): "
+        + ", ".join(f"{rule} {by['0']}/{by['1']}" for rule, by in stats["quality"]["removed_by_label"].items())
+        + f" (label 0/1); kept with an uncertain verdict: {stats['quality']['uncertain_verdict']}.",
+        *(f"**Warning:** {w}." for w in stats["quality"]["skews"]),
         "",
         "| split | rows | label 0 | label 1 | initial | reflected |",
         "|---|---|---|---|---|---|",
@@ -252,8 +282,10 @@ def main(cfg: BuildConfig) -> int:
         rows = kept
     rows, selection["duplicate_pair"] = dedup_pairs(rows)
     rules = cfg.quality_rules()
-    rows, removed = filter_quality(rows, rules)
-    selection.update({f"quality_{rule}": n for rule, n in removed.items()})
+    rows, report = filter_quality(rows, rules)
+    selection.update({f"quality_{rule}": n for rule, n in report.removed.items()})
+    for warning in report.skews():
+        log.warning("%s: check the rule (or use --quality lenient)", warning)
     tokenizer = load_tokenizer(cfg.tokenizer)
     lengths = token_lengths(tokenizer, rows)
     fits = [r for r, n in zip(rows, lengths) if n <= cfg.max_total_tokens]
@@ -295,7 +327,7 @@ def main(cfg: BuildConfig) -> int:
         },
         "cost_gbp": stage_costs({"generate": cfg.thoughts, "reflect": cfg.reflected, "score": cfg.scores}),
         "quality": {"preset": cfg.quality if isinstance(cfg.quality, str) else None, "rules": dataclasses.asdict(rules),
-                    "removed": removed},
+                    **dataclasses.asdict(report), "skews": report.skews()},
         "settings": {"tokenizer": cfg.tokenizer, "balance": cfg.balance, "val_fraction": cfg.val_fraction,
                      "test_fraction": cfg.test_fraction, "seed": cfg.seed, "min_score": cfg.min_score},
     }

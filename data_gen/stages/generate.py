@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
@@ -15,6 +18,7 @@ from nlicot.corpus import CorpusError, load_rows
 
 log = logging.getLogger(__name__)
 INPUT_FIELDS = ("id", "premise", "hypothesis", "label")
+REQUIRED_FIELDS = INPUT_FIELDS[1:]  # without an id column, ids are content hashes
 
 
 @dataclass
@@ -23,6 +27,29 @@ class GenerateConfig(ApiStageConfig):
 
     columns: dict[str, str] = field(default_factory=dict)
     """map our field names (id, premise, hypothesis, label) to the input's columns"""
+
+
+def _check_columns(path: Path, columns: dict[str, str]) -> None:
+    """One error for the whole file, not one per row: a directory, or a CSV / JSONL without a column it needs."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; give a CSV or JSONL file")
+    if path.suffix not in (".csv", ".jsonl") or not path.is_file():
+        return  # a missing file or another source: the reader names the problem
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        if path.suffix == ".csv":
+            header = next(csv.reader(f), [])
+        else:
+            first = next((line for line in f if line.strip()), "{}")
+            try:
+                record = json.loads(first)
+            except json.JSONDecodeError:
+                return  # the reader names the bad line
+            header = list(record) if isinstance(record, dict) else []
+    missing = [(name, columns.get(name, name)) for name in REQUIRED_FIELDS if columns.get(name, name) not in header]
+    if missing and header:
+        shown = ", ".join(f"{col!r}" + (f" (for {name})" if col != name else "") for name, col in missing)
+        raise InputError(f"{path}: no {shown} column; its columns are {', '.join(map(repr, header))} "
+                         f"(map others with columns: {{label: <column>}})")
 
 
 def read_rows(cfg: GenerateConfig) -> list[Record]:
@@ -35,6 +62,7 @@ def read_rows(cfg: GenerateConfig) -> list[Record]:
     unknown = sorted(set(cfg.columns) - set(INPUT_FIELDS))
     if unknown:
         raise ConfigError(f"columns: unknown field(s) {', '.join(unknown)}; map only {', '.join(INPUT_FIELDS)}")
+    _check_columns(Path(str(cfg.input)), cfg.columns)
     try:
         rows = load_rows(str(cfg.input), columns=cfg.columns, require_thought=False, content_ids=True)
     except CorpusError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from data_gen import answers, prompts
@@ -24,13 +25,13 @@ class ReflectConfig(ApiStageConfig):
     """typical answer length, used by --dry-run for the expected cost"""
 
 
-def read_rows(cfg: ReflectConfig) -> list[Record]:
-    """generate's done rows that disagree with their gold label."""
+def read_rows(cfg: ReflectConfig, counts: Counter[str] | None = None) -> list[Record]:
+    """generate's done rows that disagree with their gold label (repeated ids counted in ``counts``)."""
     assert cfg.input is not None
     return [
         {"id": r["id"], "premise": r["premise"], "hypothesis": r["hypothesis"], "label": r["label"],
          "flawed_thought": r["thought_process"], "flawed_label": r["predicted_label"]}
-        for r in read_results(cfg.input, GENERATED_FIELDS, purpose="reflect")
+        for r in read_results(cfg.input, GENERATED_FIELDS, purpose="reflect", counts=counts)
         if r["predicted_label"] != r["label"]
     ]
 
@@ -44,7 +45,9 @@ def stage(cfg: ReflectConfig) -> ApiStage:
         answer = yield from ask(request, answers.parse_reflection(row["label"]), cfg.max_tries, prompts.reprompt)
         return {**row, **answer, "model": cfg.model}
 
-    return ApiStage("reflect", read_rows(cfg), workflow, (cfg.model,))
+    counts: Counter[str] = Counter()
+    rows = read_rows(cfg, counts)
+    return ApiStage("reflect", rows, workflow, (cfg.model,), counts["duplicate_id"])
 
 
 def main(cfg: ReflectConfig) -> int:

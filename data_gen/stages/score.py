@@ -7,6 +7,7 @@ the best-scored version is kept. When the budget runs out mid-loop the row keeps
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,11 @@ class ScoreConfig(ApiStageConfig):
             raise ConfigError("threshold must be in 1..5 and max_rounds >= 0")
 
 
-def read_rows(cfg: ScoreConfig) -> list[Record]:
+def read_rows(cfg: ScoreConfig, counts: Counter[str] | None = None) -> list[Record]:
+    """The rows build would take (repeated ids of either input counted in ``counts``)."""
     assert cfg.input is not None
-    reflected = read_results(cfg.reflected, THOUGHT_FIELDS) if cfg.reflected else []
-    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS, purpose="score"), reflected)
+    reflected = read_results(cfg.reflected, THOUGHT_FIELDS, counts=counts) if cfg.reflected else []
+    rows, _ = candidates(read_results(cfg.input, GENERATED_FIELDS, purpose="score", counts=counts), reflected)
     return rows
 
 
@@ -101,7 +103,9 @@ def stage(cfg: ScoreConfig) -> ApiStage:
             "model": cfg.model,
         }
 
-    return ApiStage("score", read_rows(cfg), workflow, (cfg.model, cfg.improve_model))
+    counts: Counter[str] = Counter()
+    rows = read_rows(cfg, counts)
+    return ApiStage("score", rows, workflow, (cfg.model, cfg.improve_model), counts["duplicate_id"])
 
 
 def main(cfg: ScoreConfig) -> int:

@@ -48,6 +48,9 @@ class FakeConfig:
     rate_bad_label: float = 0.0
     batch_polls: int = 1  # job polls before a job finishes
     batch_hold: bool = False  # keep jobs RUNNING until release_batches()
+    # Request fields answered with transformers serve's 422 (its body, byte for byte): an OpenAI-style server
+    # that does not know Mistral's own fields such as random_seed.
+    refuse_fields: tuple[str, ...] = ()
 
 
 def _h(*parts: Any) -> int:
@@ -181,6 +184,10 @@ class FakeMistral:
         with self._lock:
             self.chat_bodies.append(body)
             self.counts["chat"] += 1
+        unexpected = {k for k in body if k in self.config.refuse_fields}
+        if unexpected:
+            self._count("chat_422")
+            return 422, {"detail": f"Unexpected fields in the request: {unexpected}"}, {}
         fault = self._fault("chat", body)
         if fault:
             self._count(f"chat_{fault}")

@@ -126,9 +126,10 @@ def test_labels_normalise_to_0_or_1_only_when_unambiguous(value, label):
 
 
 def test_quality_flags():
-    assert answers.quality(GOOD, 1) == {"steps": 3, "verdict_consistent": True, "words": 23}
+    assert answers.quality(GOOD, 1) == {"steps": 3, "verdict_consistent": True, "verdict_uncertain": False, "words": 23}
     assert answers.quality(GOOD, 0)["verdict_consistent"] is False
-    assert answers.quality("step 1: a. step 2: b.", 1) == {"steps": 2, "verdict_consistent": None, "words": 6}
+    assert answers.quality("step 1: a. step 2: b.", 1) == {"steps": 2, "verdict_consistent": None,
+                                                           "verdict_uncertain": False, "words": 6}
     assert answers.quality("Plain text, so the hypothesis is entailed.", 1)["steps"] == 0
 
 
@@ -159,7 +160,7 @@ def test_reflection_must_reach_the_gold_label_and_prefers_the_corrected_thought(
                     improved_thought_process=fixed, predicted_label="no entailment")
     parsed = answers.parse_reflection(0)(reply)
     assert parsed == {"flaw_analysis": "Wrong.", "thought_process": fixed,
-                      "quality": {"steps": 3, "verdict_consistent": True, "words": 24}}
+                      "quality": {"steps": 3, "verdict_consistent": True, "verdict_uncertain": False, "words": 24}}
     with pytest.raises(InvalidAnswer, match="must be the correct label 0, got 1"):
         answers.parse_reflection(0)(_answer(flaw_analysis="Wrong.", thought_process=GOOD, predicted_label=1))
     assert answers.parse_reflection(1)(_answer(thought_process=GOOD, predicted_label=1))["flaw_analysis"] is None

@@ -1,4 +1,4 @@
-"""build: row selection, nlicot's exact token-length filter, balancing, stratified split, stats, and training on it."""
+"""build: row selection, nlicot's exact token-length filter, balancing, the hashed split, stats, and training on it."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ QUALITY_ROWS = [
 @pytest.mark.parametrize(
     ("quality", "removed"),
     [
-        ("lenient", {"verdict_contradicts_label": 1}),
+        ("lenient", {}),  # lenient keeps a verdict the reader finds contradicting (issue 21: it really is lenient)
         ("standard", {"verdict_contradicts_label": 1, "wrong_step_count": 1, "too_few_words": 1}),
         ("strict", {"verdict_contradicts_label": 1, "no_verdict": 1, "wrong_step_count": 1, "too_few_words": 1,
                     "too_many_words": 1}),
@@ -184,8 +184,44 @@ def test_quality_rules_filter_and_each_rule_is_counted(dg, tmp_path, quality, re
     assert stats["quality"]["removed"] == expected
     assert {k: v for k, v in stats["selection"].items() if k.startswith("quality_")} == {f"quality_{k}": v for k, v in expected.items()}
     kept = {r["id"] for part in _corpus(out).values() for r in part}
-    assert len(kept) == len(QUALITY_ROWS) - sum(removed.values()) and "q4" not in kept
-    assert "| quality verdict contradicts label | 1 |" in (out / "stats.md").read_text()
+    assert len(kept) == len(QUALITY_ROWS) - sum(removed.values())
+    assert ("q4" in kept) == ("verdict_contradicts_label" not in removed)
+    n = removed.get("verdict_contradicts_label", 0)
+    assert f"| quality verdict contradicts label | {n} |" in (out / "stats.md").read_text()
+
+
+LABEL_0_STYLE = [  # label-0 conclusions in the style that made the old reader drop every correct label-0 row
+    "little of the hypothesis is supported by the premise, so the hypothesis is not entailed and the predicted label is 0",
+    "only part of the hypothesis is supported by the premise, so it does not follow",
+    "the premise says nothing about work, so the hypothesis cannot be inferred",
+]
+
+
+def test_the_filter_reports_per_label_and_does_not_skew_correct_label_0_rows(dg, tmp_path, caplog):
+    rows = [_row(i, THREE.format("entailment, because riding a bicycle is cycling")) for i in range(6)]
+    rows += [_row(10 + i, THREE.format(LABEL_0_STYLE[i % 3]), label=0) for i in range(6)]
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c"
+    assert dg("build", "--thoughts", thoughts, "--out-dir", out, "--quiet", "--val-fraction", 0.2) == 0
+    q = json.loads((out / "stats.json").read_text())["quality"]
+    assert q["rows_by_label"] == {"0": 6, "1": 6} and sum(q["removed"].values()) == 0 and q["skews"] == []
+    assert not [r for r in caplog.records if "twice the rate" in r.getMessage()]
+
+
+def test_a_rule_that_removes_one_label_far_more_often_is_warned_about(dg, tmp_path, caplog):
+    rows = [_row(i, THREE.format("entailment, because riding a bicycle is cycling")) for i in range(6)]
+    rows += [_row(10 + i, THREE.format("entailment, because riding a bicycle is cycling"), label=0) for i in range(3)]
+    rows += [_row(20 + i, THREE.format("no entailment, because the premise says nothing of it"), label=0) for i in range(3)]
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c"
+    assert dg("build", "--thoughts", thoughts, "--out-dir", out, "--quiet", "--val-fraction", 0.2) == 0
+    q = json.loads((out / "stats.json").read_text())["quality"]
+    assert q["removed_by_label"]["verdict_contradicts_label"] == {"0": 3, "1": 0}
+    assert len(q["skews"]) == 1 and "label 0: 3 of 6" in q["skews"][0]
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "verdict_contradicts_label" in r.getMessage()]
+    assert "**Warning:** quality rule verdict_contradicts_label" in (out / "stats.md").read_text()
 
 
 def test_an_unknown_quality_preset_is_refused(dg, tmp_path, capsys):

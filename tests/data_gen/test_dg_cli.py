@@ -101,6 +101,8 @@ def test_unknown_flags_and_bad_values_are_one_error_line(cli):
         (["generate", "--seed", "x"], "--seed: expected int, got 'x'"),
         (["run", "--generate.temperature", "hot"], "--generate.temperature: expected float, got 'hot'"),
         (["build", "--balance", "maybe"], "--balance: expected bool, got 'maybe'"),
+        (["generate", "--max-tokens", "abc"], "error: --max-tokens: expected int, got 'abc'"),  # the flag as typed
+        (["run", "--reflect.max-tokens=abc"], "error: --reflect.max-tokens: expected int"),
     ]:
         rc, err = cli(*argv)
         lines = err.strip().splitlines()
@@ -225,3 +227,9 @@ def test_field_docstrings_are_read_for_our_parsers_only(dg, capsys):
     parser = ArgumentParser()
     parser.add_class_arguments(Other)
     assert "a field docstring only the attribute setting reads" not in parser.format_help()
+
+
+def test_a_nested_help_names_the_command_it_belongs_to(dg, capsys):
+    assert dg("run", "--score.help") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m data_gen run [--score.input INPUT]") and "__main__.py" not in out

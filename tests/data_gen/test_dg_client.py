@@ -16,16 +16,16 @@ from fake_api import FakeConfig, FakeMistral
 from data_gen.client import (
     MistralClient,
     RateLimiter,
-    check_server_url,
     retry_after_seconds,
 )
-from data_gen.config import Price
+from data_gen.config import Price, check_server_url
 from data_gen.errors import (
     BudgetExhausted,
     ConfigError,
     FatalAPIError,
     RequestFailed,
     ServerUnreachable,
+    redact,
 )
 from data_gen.ledger import Ledger
 from data_gen.workflow import ChatRequest
@@ -85,6 +85,30 @@ def test_a_client_error_is_not_retried(fake_api, api_key):
     server = fake_api()
     (result,) = _run(server.url + "/no-such-prefix", [_request()], api_key=api_key, max_retries=5)
     assert isinstance(result, RequestFailed) and "HTTP 404" in str(result)
+
+
+def test_a_mistral_only_field_a_server_refuses_is_dropped_once_with_one_warning(fake_api, api_key, caplog):
+    """transformers serve answers 422 "Unexpected fields in the request: {'random_seed'}" to the seed."""
+    server = fake_api(refuse_fields=("random_seed",))
+    seeded = [ChatRequest("m", _request(i).messages, max_tokens=50, temperature=0.0, seed=0) for i in range(6)]
+    with caplog.at_level("WARNING", logger="data_gen"):
+        results = _run(server.url, seeded, api_key=api_key, concurrency=1)
+    assert all(r.text for r in results), results
+    assert server.counts["chat_422"] == 1 and server.counts["chat"] == 7  # refused once, then left out
+    assert "random_seed" not in server.chat_bodies[-1]
+    assert [r.getMessage() for r in caplog.records if "refuses random_seed" in r.getMessage()] != []
+    assert len([r for r in caplog.records if "refuses" in r.getMessage()]) == 1
+
+
+def test_any_other_422_fails_the_request(fake_api, api_key):
+    server = fake_api(refuse_fields=("max_tokens",))  # a field the client cannot do without is not dropped
+    (result,) = _run(server.url, [_request()], api_key=api_key)
+    assert isinstance(result, RequestFailed) and "HTTP 422" in str(result) and server.counts["chat"] == 1
+
+
+def test_only_a_secret_long_enough_to_be_one_is_redacted():
+    assert redact("10 rows: HTTP 422 Unexpected fields", {"x"}) == "10 rows: HTTP 422 Unexpected fields"
+    assert redact("key sk-0123456789 leaked", {"sk-0123456789", "1"}) == "key *** leaked"
 
 
 def test_a_refused_key_is_fatal(fake_api):

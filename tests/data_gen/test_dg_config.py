@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from data_gen.cli import COMMANDS, command
 from data_gen.config import ApiStageConfig, Price, load_config
 from data_gen.errors import ConfigError
 from data_gen.stages.generate import GenerateConfig
+from data_gen.store import sidecar
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data_gen"
 STAGE_YAMLS = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in ("prices", "pipeline"))
@@ -84,8 +86,21 @@ def test_cli_flag_errors_exit_2_without_traceback(dg, tmp_path, capsys):
     assert "missing.yaml: cannot read" in capsys.readouterr().err
 
 
-def test_a_model_without_a_price_is_refused_before_any_call(fake_api, rows_file, dg, flags, tmp_path, capsys):
+def test_a_model_without_a_price_is_refused_before_any_call_on_the_mistral_api(
+    rows_file, dg, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-not-used-because-nothing-is-sent")  # no server_url: the Mistral API
+    rc = dg("generate", "--input", rows_file(2), "--output", tmp_path / "o.jsonl", "--model", "unpriced-model",
+            "--prices", Path(__file__).parents[2] / "configs" / "data_gen" / "prices.yaml", "--quiet")
+    assert rc == 2 and "no price for model 'unpriced-model'" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_model_without_a_price_costs_nothing_on_a_server_of_your_own(fake_api, rows_file, dg, flags, tmp_path, caplog):
+    """A local server (vLLM, transformers serve) is not in the price table: free, with one warning, not an error."""
     server = fake_api()
     rc = dg("generate", "--input", rows_file(2), "--output", tmp_path / "o.jsonl", "--model", "unpriced-model", *flags(server))
-    assert rc == 2 and "no price for model 'unpriced-model'" in capsys.readouterr().err
-    assert server.counts["chat"] == 0
+    assert rc == 0 and server.counts["chat"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "no price for 'unpriced-model'" in r.getMessage()]
+    assert len(warnings) == 1 and "counted as free" in warnings[0]
+    assert json.loads(sidecar(tmp_path / "o.jsonl", "summary", ".json").read_text())["cost"]["spent_gbp"] == 0

@@ -81,3 +81,29 @@ def test_the_same_pair_with_another_label_is_an_error(dg, flags, fake_api, tmp_p
     path.write_text(HEADER + "A man sleeps.,A man rests.,1\nA man sleeps.,A man rests.,0\n")
     assert _generate(dg, flags, fake_api(), path, tmp_path / "out.jsonl") == 2
     assert f"{path}:3: same premise and hypothesis as {path}:2 but a different label" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("data", "columns", "message"),
+    [
+        ("premise,hypothesis\nA.,B.\nC.,D.\nE.,F.\n", [], "no 'label' column; its columns are 'premise', 'hypothesis'"),
+        ("s1,s2,gold\nA.,B.,1\nC.,D.,0\n", ["--columns", "{premise: s1, hypothesis: s2}"], "no 'label' column"),
+        ("s1,s2,gold\nA.,B.,1\n", ["--columns", "{premise: s1, hypothesis: s2, label: y}"], "no 'y' (for label) column"),
+    ],
+)
+def test_a_missing_column_is_one_error_line_not_one_per_row(dg, flags, fake_api, tmp_path, capsys, data, columns,
+                                                            message):
+    server = fake_api()
+    (tmp_path / "rows.csv").write_text(data)
+    assert dg("generate", "--input", tmp_path / "rows.csv", "--output", tmp_path / "o.jsonl", *columns, *flags(server)) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.strip()] == [line for line in err.splitlines() if "error:" in line]
+    assert message in err and server.counts["chat"] == 0
+
+
+def test_a_directory_as_input_is_one_error_line(dg, flags, fake_api, tmp_path, capsys):
+    server = fake_api()
+    (tmp_path / "rows").mkdir()
+    assert _generate(dg, flags, server, tmp_path / "rows", tmp_path / "o.jsonl") == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 'rows'}: is a directory; give a CSV or JSONL file"

@@ -138,8 +138,71 @@ def test_the_progress_display_names_the_step_and_counts_the_whole_pipelines_gbp(
         assert dg("run", "--config", path, "--generate.quiet", "false", "--reflect.no-quiet") == 0
     lines = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records if r.name == "data_gen.progress"}
     assert set(lines) == {"generate 1/3", "reflect 2/3"}
-    assert all("rows/s" in line and "ETA" in line for line in lines.values())
+    assert all(("rows/s" in line or "s/row" in line) and "ETA" in line for line in lines.values())
     gbp = {stage: float(line.rsplit("£", 1)[1].split()[0]) for stage, line in lines.items()}
     generated = sum(float(rec["gbp"]) for _, rec in read_jsonl(sidecar(tmp_path / "thoughts.jsonl", "ledger")))
     assert gbp["generate 1/3"] == round(generated, 4)
     assert gbp["reflect 2/3"] == round(_spent(tmp_path), 4) > gbp["generate 1/3"]  # the pipeline's £, not the stage's
+
+
+def test_run_ends_with_its_table_when_generate_has_no_done_row(fake_api, rows_file, dg, prices, tmp_path, monkeypatch,
+                                                               capsys):
+    """Every generate row failed: nothing to reflect or build, so those steps are skipped, not an error (exit 2)."""
+    server = fake_api(rate_bad_json=1.0)
+    monkeypatch.setenv("MISTRAL_SERVER_URL", server.url)
+    path = _pipeline(tmp_path, rows_file(4), prices)
+    assert dg("run", "--config", path, "--generate.max_tries", 1) == 4
+    out = capsys.readouterr().out
+    assert "pipeline summary" in out and "generate  exit 4" in out
+    assert "reflect   not run" in out and "build     not run" in out and "total £" in out
+
+
+def test_a_stage_whose_every_row_failed_does_not_stop_the_later_ones(fake_api, rows_file, dg, prices, tmp_path, capsys):
+    """reflect and score fail every row: score goes on without reflections, build without either."""
+    good, broken = fake_api(), fake_api(rate_bad_json=1.0)
+    path = _pipeline(tmp_path, rows_file(12), prices, score=True)
+    rc = dg("run", "--config", path, "--generate.server_url", good.url, "--reflect.server_url", broken.url,
+            "--reflect.max_tries", 1, "--score.server_url", broken.url, "--score.max_tries", 1)
+    assert rc == 4
+    out = capsys.readouterr().out
+    assert "reflect   exit 4" in out and "score     exit 4" in out and "build     exit 0" in out
+    reflect = json.loads(sidecar(tmp_path / "reflected.jsonl", "summary", ".json").read_text())
+    assert reflect["done"] == 0 and reflect["failed"] > 0  # there were rows to reflect, and each failed
+
+
+def test_every_stages_url_and_key_are_checked_before_anything_is_paid(fake_api, rows_file, dg, prices, tmp_path,
+                                                                       monkeypatch, capsys):
+    server = fake_api()
+    path = _pipeline(tmp_path, rows_file(4), prices)
+    monkeypatch.delenv("MISTRAL_SERVER_URL", raising=False)
+    assert dg("run", "--config", path, "--generate.server_url", server.url, "--reflect.server_url", "not-a-url") == 2
+    assert "reflect: server_url: 'not-a-url' is not an http(s) URL" in capsys.readouterr().err
+    monkeypatch.delenv("DG_TEST_NO_SUCH_KEY", raising=False)
+    assert dg("run", "--config", path, "--generate.server_url", server.url,
+              "--reflect.api_key_env", "DG_TEST_NO_SUCH_KEY") == 2
+    assert "reflect: $DG_TEST_NO_SUCH_KEY is not set" in capsys.readouterr().err
+    assert server.counts["chat"] == 0 and not (tmp_path / "thoughts.jsonl").exists()
+
+
+def test_a_build_error_ends_the_run_with_its_table_and_one_error_line_naming_the_stage(
+    fake_api, rows_file, dg, prices, tmp_path, monkeypatch, capsys
+):
+    server = fake_api()
+    monkeypatch.setenv("MISTRAL_SERVER_URL", server.url)
+    path = _pipeline(tmp_path, rows_file(6), prices)
+    assert dg("run", "--config", path, "--build.max_total_tokens", 5) == 2  # every row is too long
+    captured = capsys.readouterr()
+    assert "pipeline summary" in captured.out and "build     exit 2" in captured.out
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: build: no rows left for the corpus"), captured.err
+
+
+def test_reflects_summary_counts_the_repeated_ids_of_its_input(fake_api, dg, flags, tmp_path, caplog):
+    server = fake_api()
+    wrong = {"premise": "A man sleeps.", "hypothesis": "A man runs.", "label": 0, "predicted_label": 1,
+             "thought_process": "step 1: a. step 2: b. step 3: entailment, because he moves."}
+    lines = [json.dumps({**wrong, "id": f"r{i % 3}", "premise": f"Man {i % 3} sleeps."}) for i in range(5)]
+    (tmp_path / "thoughts.jsonl").write_text("\n".join(lines) + "\n")
+    assert dg("reflect", "--input", tmp_path / "thoughts.jsonl", "--output", tmp_path / "r.jsonl", *flags(server)) == 0
+    assert "2 record(s) repeat an id" in caplog.text
+    assert json.loads(sidecar(tmp_path / "r.jsonl", "summary", ".json").read_text())["duplicate_ids"] == 2

@@ -273,3 +273,20 @@ def test_outputs_are_created_with_the_process_umask(rows_file, dg, flags, fake_a
     assert {"thoughts.jsonl", "thoughts.failed.jsonl", "thoughts.ledger.jsonl", "thoughts.summary.json"} <= set(files)
     modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in files}
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_progress_shows_seconds_per_row_below_one_row_a_second(monkeypatch):
+    """A local model at ~35 s a row showed "0.0 rows/s": no rate, no ETA worth reading."""
+    from data_gen import progress
+    from data_gen.ledger import Ledger
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    rows = progress.RowProgress("generate", 10, Ledger({}), quiet=True)
+    assert rows.speed == "- s/row"
+    now[0] += 70.0
+    rows.advance()
+    rows.advance(failed=True)
+    assert rows.speed == "35.0 s/row"
+    now[0] = 101.0  # the same two rows in one second
+    assert rows.speed == "2.0 rows/s"
