@@ -78,13 +78,17 @@ class Preemption(L.Callback):
         if self._phase in ("saving", "stopping"):
             log.warning("%s while stopping: ignored, the checkpoint write goes on", name)
             return
-        if self._signal is None:
+        if self._signal is not None:
+            log.warning("%s again: already stopping", name)
+        else:
             self._signal, self._signal_time = signum, time.monotonic()
             launcher = trainer.strategy.launcher
             if getattr(launcher, "procs", None):  # the local ranks this process started (Lightning's launcher)
                 launcher.kill(signum)
-            log.warning("%s at optimizer step %d (%s): saving at the last completed optimizer step, then stopping",
-                        name, trainer.global_step, "in validation" if self._phase == "validation" else "training")
+            step = trainer.global_step
+            log.warning(f"{name} in validation: saving the state of optimizer step {step}, then stopping"
+                        if self._phase == "validation" else
+                        f"{name} in training: finishing optimizer step {step + 1}, then saving and stopping")
         if self._phase == "validation":  # nothing of training is changing: stop now, replay validation on resume
             self._phase = "stopping"
             raise Preempted(f"stopped by {name}")
