@@ -156,7 +156,7 @@ class Preemption(L.Callback):
             left = self.grace_period - (time.monotonic() - self._signal_time)
             if need > left:
                 log.warning("the grace period is too short to save: %.1f s left of %.1f, the last checkpoint write "
-                            "took %.1f s. Not saving: %s stays at the last periodic checkpoint (step %d)",
+                            "took %.2f s. Not saving: %s stays at the last periodic checkpoint (step %d)",
                             left, self.grace_period, need, path, callback._last_global_step_saved)
                 return
         start = time.monotonic()

@@ -1,8 +1,10 @@
-"""Preemption on the tiny NF4 model: a real SIGTERM to a real ``python -m nlicot fit`` between periodic checkpoints
-and during validation, the resumed run against an unbroken one step by step; the save decisions in process.
+"""Preemption on the tiny NF4 model: a real SIGTERM to a real ``python -m nlicot fit`` between periodic checkpoints,
+during validation and during the generation eval, the resumed run against an unbroken one step by step; a grace
+period too short for a save.
 
-The runs (tests/test_training.py's demo settings: 21 micro-batches of 2 rows an epoch, accumulation 2) check
-every 3 optimizer steps and validate once, after step 7 (14 micro-batches), inside epoch 0.
+The runs (tests/test_training.py's demo settings: 21 micro-batches of 2 rows an epoch, accumulation 2) checkpoint
+every 3 optimizer steps and validate once, after step 7 (14 micro-batches), inside epoch 0, with a generation eval
+of 2 rows.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from nlicot import preemption
 TESTS = Path(__file__).resolve().parent
 STEPS, VAL_AFTER = 10, 7
 RUN = [f"--trainer.max_steps={STEPS}", "--checkpoint.every_n_train_steps=3", "--trainer.limit_val_batches=1.0",
-       "--trainer.check_val_every_n_epoch=1", f"--trainer.val_check_interval={2 * VAL_AFTER}"]
+       "--trainer.check_val_every_n_epoch=1", f"--trainer.val_check_interval={2 * VAL_AFTER}",
+       "--generation_eval.rows=2", "--model.max_new_tokens=64"]
 ENV = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 
@@ -70,7 +73,7 @@ def unbroken(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("unbroken")
     finish(start(root), root)
     ref = scalars(root)
-    assert sorted(ref["val/loss"]) == [VAL_AFTER - 1]  # validated once, after step 7 (logged at its index)
+    assert sorted(ref["val/loss"]) == sorted(ref["val/parse_rate"]) == [VAL_AFTER - 1]  # once, after step 7
     return ref
 
 
@@ -116,6 +119,37 @@ def test_sigterm_during_validation_replays_it_on_resume(tmp_path, unbroken):
           f"over steps {VAL_AFTER}..{STEPS - 1}; replayed val/loss |d| = {d_val:.3g}")
     assert sorted(again["val/loss"]) == [VAL_AFTER - 1]  # replayed once, logged at the unbroken run's step
     assert d_lr == 0.0 and d_loss <= 1e-6 and d_val <= 1e-6
+
+
+@pytest.mark.slow
+def test_sigterm_during_generation_eval_replays_validation_on_resume(tmp_path, unbroken):
+    root = tmp_path / "run"
+    proc = start(root)
+    wait_until(root, proc, "gen", VAL_AFTER)  # validation's batches are done; generating for 2 rows
+    proc.send_signal(signal.SIGTERM)
+    log = finish(proc, root, rc=143)
+    assert '"val_end"' not in (root / "where.jsonl").read_text()  # it landed before validation ended
+    assert saved_step(root) == VAL_AFTER and "validation of this step replays on resume" in log
+
+    finish(start(root, "--ckpt_path=last"), root)
+    again = scalars(root)
+    d_lr, d_loss = compare(unbroken, again, VAL_AFTER)
+    d_gen = max(abs(again[t][VAL_AFTER - 1] - unbroken[t][VAL_AFTER - 1]) for t in ("val/loss", "val/parse_rate"))
+    print(f"\nSIGTERM during the generation eval after step {VAL_AFTER}: max |dLR| = {d_lr:.3g}, "
+          f"max |dloss| = {d_loss:.3g}; replayed val/loss, val/parse_rate |d| = {d_gen:.3g}")
+    assert d_lr == 0.0 and d_loss <= 1e-6 and d_gen <= 1e-6
+
+
+@pytest.mark.slow
+def test_grace_period_too_short_keeps_the_previous_checkpoint(tmp_path):
+    root = tmp_path / "run"
+    proc = start(root, "--preemption.grace_period=0")
+    wait_until(root, proc, "train", 4)  # after the periodic checkpoint of step 3, whose write time is known
+    before = (root / "ckpt" / "last.ckpt").read_bytes()
+    proc.send_signal(signal.SIGTERM)
+    log = finish(proc, root, rc=143)
+    assert "grace period is too short to save" in log and "last periodic checkpoint (step 3)" in log
+    assert (root / "ckpt" / "last.ckpt").read_bytes() == before
 
 
 # ---------------------------------------------------------------- in process
