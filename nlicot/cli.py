@@ -15,7 +15,9 @@ What this adds to plain LightningCLI, and why:
 * ``predict`` starts no TensorBoard version (it logs nothing); its ``config.yaml`` lands in the predictions folder;
 * known input / setup errors print one ``error:`` line and exit non-zero, without a traceback (a bad flag or
   config value: jsonargparse's message without the 70-line usage in front of it); a ``fit``
-  stopped by SIGTERM exits 143 (128 + 15, the shell's convention) after Lightning's graceful shutdown.
+  stopped by SIGTERM, SIGINT or SIGUSR1 saves at its last completed optimizer step and exits 143 (128 + 15, the
+  shell's convention; ``preemption.*``, nlicot/preemption.py);
+* a checkpoint resumes on another number of devices with the same rows per optimizer step (``resume.*``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
-from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
+from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO, ResumeLayout
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
 from nlicot.evaluation import PredictionWriter
@@ -41,6 +43,7 @@ from nlicot.grpo import GRPOSettingsError
 from nlicot.hub import UnknownModelError
 from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
+from nlicot.preemption import Preemption
 from nlicot.prompt import TemplateTokenError
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
@@ -82,6 +85,8 @@ class NLICoTCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationEval, "generation_eval")
+        parser.add_lightning_class_args(Preemption, "preemption")
+        parser.add_lightning_class_args(ResumeLayout, "resume")
         parser.set_defaults(
             {
                 "checkpoint.dirpath": None,  # <run folder>/checkpoints, see place_run
@@ -196,9 +201,8 @@ def main(args: list[str] | None = None) -> None:
                 "use_distributed_sampler": False,  # our sampler shards by rank and knows accumulation
             },
         )
-    except SIGTERMException:
-        print("error: stopped by SIGTERM; resume with --ckpt_path last (from the last periodic checkpoint)",
-              file=sys.stderr)
+    except SIGTERMException as e:  # nlicot.preemption.Preempted, or Lightning's own before training started
+        print(f"error: {e or 'stopped by SIGTERM'}; resume with --ckpt_path last", file=sys.stderr)
         raise SystemExit(EXIT_SIGTERM) from None
     except (CorpusError, CheckpointMismatchError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError,
             UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError) as e:

@@ -319,6 +319,7 @@ class NLICoTDataModule(L.LightningDataModule):
             seed=self.hparams.seed,
             world_size=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
+            accumulate=trainer.accumulate_grad_batches if trainer and train else 1,  # the order is per optimizer step
         )
         if train and trainer:
             sampler.progress = lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed)

@@ -131,14 +131,20 @@ class ResumeMismatchError(RuntimeError):
 class PackBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffles rows per epoch into this rank's micro-batches of row indices.
 
-    Rows are packs (or single examples when packing is off). With ``group_by_length`` the shuffled rows are cut
-    into mega-batches of ``mega_batches`` global micro-batches, sorted by length inside each, sliced, and the
-    micro-batches shuffled again: batch order stays random while each batch is padded only to rows of similar
-    length (the collator pads to the longest row of the batch). The sampler only orders rows; the loss of an
-    optimizer step is normalised by the model (``NLICoTModule.optimizer_step``), which counts the tokens.
+    Rows are packs (or single examples when packing is off). The epoch's row order is defined per *optimizer
+    step* (``micro_batch_size x world_size x accumulate`` rows), not per micro-batch, so a run with the same rows
+    per step on another number of devices trains on the same rows at every step: with ``group_by_length`` the
+    shuffled rows are cut into mega-batches of ``mega_batches`` steps, sorted by length inside each, cut into
+    steps, and the full steps shuffled again (a shorter last step stays last): step order stays random while each
+    micro-batch is padded only to rows of similar length (the collator pads to the longest row of the batch).
+    The ordered rows are then cut into global micro-batches of ``micro_batch_size x world_size`` rows, and rank
+    *r* trains on the *r*-th slice of each. The sampler only orders rows; the loss of an optimizer step is
+    normalised by the model (``NLICoTModule.optimizer_step``), which counts the tokens.
 
-    Resumable: deterministic in (seed, epoch), and ``state_dict`` records the epoch and how many micro-batches
-    were *consumed*; torchdata's StatefulDataLoader saves that and restores it instead of fast-forwarding.
+    Resumable: deterministic in (seed, epoch, rows per step), and ``state_dict`` records the epoch, how many
+    micro-batches were *consumed* and the layout they were counted in; torchdata's StatefulDataLoader saves that
+    and restores it instead of fast-forwarding. A position saved with another micro-batch x devices is converted
+    through the rows it stands for, and the resumed epoch keeps the saved run's order (``load_state_dict``).
     Under a Trainer the data module sets ``progress`` to Lightning's own counters (current epoch, batches
     processed in it): Lightning never calls ``set_epoch`` on a *batch* sampler, and with loader workers the
     sampler runs ``prefetch_factor x num_workers`` batches ahead of training, so neither its epoch nor its
@@ -155,6 +161,7 @@ class PackBatchSampler(torch.utils.data.Sampler[list[int]]):
         seed: int = 0,
         world_size: int = 1,
         rank: int = 0,
+        accumulate: int = 1,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.micro_batch_size = micro_batch_size
@@ -164,49 +171,80 @@ class PackBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.seed = seed
         self.world_size = world_size
         self.rank = rank
+        self.accumulate = accumulate
         self.epoch = 0
         self.progress: Callable[[], tuple[int, int]] | None = None
         self._yielded = 0
         self._skip = 0
+        self._resumed: tuple[int, int] | None = None  # (epoch, rows per step) of a resumed epoch's order
+
+    @property
+    def rows_per_micro_step(self) -> int:
+        return self.micro_batch_size * self.world_size
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.rows_per_micro_step * self.accumulate
 
     def set_epoch(self, epoch: int) -> None:
         """For use outside a Trainer (a Trainer's epoch comes through ``progress``)."""
         self.epoch = epoch
 
-    def _global_batches(self) -> list[np.ndarray]:
-        """Row indices per global micro-step. A last step too small to give every rank a row is dropped
-        (at most world_size - 1 rows, different ones each epoch)."""
+    def _order(self, rows_per_step: int) -> np.ndarray:
+        """The epoch's rows in training order, grouped into optimizer steps of ``rows_per_step`` rows."""
         n = len(self.lengths)
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        step = self.micro_batch_size * self.world_size
-        if self.group_by_length:
-            mega = step * self.mega_batches
-            order = np.concatenate(
-                [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.split(order, range(mega, n, mega))]
-            ) if n else order
-        batches = [order[i : i + step] for i in range(0, n, step)]
+        if not self.group_by_length or not n:
+            return order
+        mega = rows_per_step * self.mega_batches
+        order = np.concatenate(
+            [chunk[np.argsort(-self.lengths[chunk], kind="stable")] for chunk in np.split(order, range(mega, n, mega))]
+        )
+        steps = np.split(order, range(rows_per_step, n, rows_per_step))
+        full = len(steps) - (len(steps[-1]) < rows_per_step)
+        if self.shuffle:
+            steps[:full] = [steps[i] for i in rng.permutation(full)]
+        return np.concatenate(steps)
+
+    def _global_batches(self) -> list[np.ndarray]:
+        """Row indices per global micro-step. A last step too small to give every rank a row is dropped
+        (at most world_size - 1 rows, different ones each epoch)."""
+        resumed = self._resumed is not None and self._resumed[0] == self.epoch
+        order = self._order(self._resumed[1] if resumed else self.rows_per_step)
+        step = self.rows_per_micro_step
+        batches = [order[i : i + step] for i in range(0, len(order), step)]
         if batches and len(batches[-1]) < self.world_size:
             batches.pop()
-        if self.shuffle and self.group_by_length:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def state_dict(self) -> dict[str, int]:
+        """``rows_per_step`` is this run's optimizer step; ``order_rows_per_step`` the step size the epoch's row
+        order was grouped by (another one only in an epoch resumed from another layout)."""
         epoch, position = self.progress() if self.progress else (self.epoch, self._yielded)
-        rows = self.micro_batch_size * self.world_size
-        return {"epoch": epoch, "position": position, "rows_per_micro_step": rows}
+        order = self._resumed[1] if self._resumed is not None and self._resumed[0] == epoch else self.rows_per_step
+        return {"epoch": epoch, "position": position, "rows_per_micro_step": self.rows_per_micro_step,
+                "rows_per_step": self.rows_per_step, "order_rows_per_step": order}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """A position counts global micro-steps; it means other rows if their size changed since it was saved."""
-        saved, now = state.get("rows_per_micro_step"), self.micro_batch_size * self.world_size
-        if saved is not None and saved != now:
+        """Continue where ``state`` stopped: the same rows, in the same order, even on another layout.
+
+        A position counts global micro-steps of the layout it was saved with; here it is converted through the
+        rows it stands for (rows trained = position x saved rows per micro-step), which must fill whole micro-steps
+        of this run. The rest of that epoch keeps the saved run's order; later epochs use this run's. A checkpoint
+        from before the order was recorded resumes only on its own layout.
+        """
+        saved, now = state.get("rows_per_micro_step", self.rows_per_micro_step), self.rows_per_micro_step
+        rows = state["position"] * saved
+        if saved != now and ("order_rows_per_step" not in state or rows % now):
             raise ResumeMismatchError(
                 f"the checkpoint was saved with {saved} rows per global micro-batch (micro_batch_size x devices) "
-                f"and this run has {now}: resuming would skip or repeat data. Resume with the same "
-                "data.micro_batch_size and trainer.devices, or start a new run in another --checkpoint.dirpath."
+                f"after {rows} rows of epoch {state['epoch']}, and this run has {now}: resuming would skip or "
+                "repeat data. Resume with a micro_batch_size x devices that divides it, or start a new run in "
+                "another --checkpoint.dirpath."
             )
-        self.epoch, self._skip = state["epoch"], state["position"]
+        self.epoch, self._skip = state["epoch"], rows // now
+        self._resumed = (state["epoch"], state.get("order_rows_per_step", self.rows_per_step))
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.progress:
@@ -220,6 +258,6 @@ class PackBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield np.array_split(batches[position], self.world_size)[self.rank].tolist()
 
     def __len__(self) -> int:
-        n, step = len(self.lengths), self.micro_batch_size * self.world_size
+        n, step = len(self.lengths), self.rows_per_micro_step
         full, rest = divmod(n, step)
         return full + (1 if rest >= self.world_size else 0)

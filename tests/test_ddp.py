@@ -1,5 +1,5 @@
 """DDP through Lightning on the tiny NF4 model: 2 CPU processes (gloo) against 1 process with the same global batch;
-the resume guard for a changed global micro-batch.
+resuming a checkpoint on the other number of processes (2 -> 1, 1 -> 2) with the same micro-batch per process.
 
 Both runs use the same seed, sampler, accumulation (2) and global micro-batch of 4 rows (1 process × micro-batch 4
 vs 2 ranks × micro-batch 2) and LoRA dropout 0: the two ranks' halves of a global micro-batch are what the single
@@ -16,10 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from nlicot import packing
+from nlicot import checkpointing, packing
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -41,6 +42,7 @@ def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
            f"--trainer.max_steps={STEPS}", f"--trainer.accumulate_grad_batches={ACCUMULATE}",
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
            "--model.lora_dropout=0", "--model.warmup_steps=2", "--checkpoint.every_n_train_steps=2",
+           "--checkpoint.save_top_k=-1",  # keep step 2's checkpoint: the resume tests start from it
            f"--checkpoint.dirpath={root / 'ckpt'}", f"--trainer.logger.init_args.save_dir={root / 'tb'}",
            "--trainer.logger.init_args.name=run",
            "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={root / 'probe'}", *extra]
@@ -149,11 +151,81 @@ def test_checkpoints_and_logs_are_written_once_by_rank_zero(runs):
     assert (runs["ddp"] / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_resume_refuses_another_global_micro_batch_size():
-    """A saved position counts global micro-batches: on 2 GPUs x 2 rows it means other rows than on 1 GPU x 2."""
-    lengths = [100] * 40
-    state = packing.PackBatchSampler(lengths, micro_batch_size=2, world_size=2, rank=1).state_dict()
-    same_rows = packing.PackBatchSampler(lengths, micro_batch_size=4)
-    same_rows.load_state_dict(state)  # 1 process x 4 rows: the same global micro-batches, resumable
-    with pytest.raises(packing.ResumeMismatchError, match="saved with 4 rows .* this run has 2"):
-        packing.PackBatchSampler(lengths, micro_batch_size=2).load_state_dict(state)
+def resumed(runs: dict[str, Path], source: str, root: Path, *layout: str) -> tuple[float, float, str]:
+    """Resume ``source``'s step-2 checkpoint on ``layout``; max |dLR| and |dloss| against ``source`` over steps 2, 3
+    (the unbroken run), after checking that every later step trained on exactly the unbroken run's rows."""
+    proc = fit(root, *layout, f"--ckpt_path={runs[source] / 'ckpt' / 'step000002.ckpt'}")
+    ref, again = scalars(runs[source]), scalars(root)
+    later = list(range(2, STEPS))
+    assert [s for s, _ in again["train/loss"]] == later
+    d = {tag: max(abs(a - b) for (_, a), (_, b) in zip(again[tag], ref[tag][2:], strict=True))
+         for tag in ("train/lr", "train/loss")}
+    rows = {rank: rows_per_step(recs) for rank, recs in probe(root).items()}
+    unbroken = {rank: rows_per_step(recs) for rank, recs in probe(runs[source]).items()}
+    for step in later:  # the same rows at every step (the global order), wherever they were trained
+        assert sorted(r for per in rows.values() for r in per[step]) == \
+            sorted(r for per in unbroken.values() for r in per[step]), step
+    return d["train/lr"], d["train/loss"], proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_2_ranks_on_1_with_the_same_micro_batch(runs, tmp_path):
+    """The memory-bound case: one GPU left and it holds only the same micro-batch, so accumulation doubles."""
+    d_lr, d_loss, log = resumed(runs, "ddp", tmp_path, "--data.micro_batch_size=2")
+    print(f"\n2 ranks x 2 rows x accumulate 2 -> 1 process x 2 rows x accumulate 4, from step 2: "
+          f"max |dLR| = {d_lr:.3g}, max |dloss| = {d_loss:.3g}")
+    assert "trainer.accumulate_grad_batches 2 -> 4" in log
+    assert d_lr == 0.0 and d_loss <= 1e-5
+
+
+@pytest.mark.slow
+def test_resume_1_process_on_2_ranks_with_the_same_micro_batch(runs, tmp_path):
+    d_lr, d_loss, log = resumed(runs, "single", tmp_path, "--data.micro_batch_size=4", "--trainer.strategy=ddp",
+                                "--trainer.devices=2")
+    print(f"\n1 process x 4 rows x accumulate 2 -> 2 ranks x 4 rows x accumulate 1, from step 2: "
+          f"max |dLR| = {d_lr:.3g}, max |dloss| = {d_loss:.3g}")
+    assert "trainer.accumulate_grad_batches 2 -> 1" in log
+    assert d_lr == 0.0 and d_loss <= 1e-5
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_global_batch_it_cannot_keep(runs, tmp_path):
+    cmd_root = tmp_path / "bad"
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo_handwritten.yaml"),
+            "--data.micro_batch_size=3", f"--checkpoint.dirpath={cmd_root / 'ckpt'}",
+            f"--trainer.logger.init_args.save_dir={cmd_root / 'tb'}", "--trainer.enable_progress_bar=false",
+            f"--ckpt_path={runs['ddp'] / 'ckpt' / 'step000002.ckpt'}"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1 and "trained 8 rows per optimizer step" in errors[0] and "= 3 rows" in errors[0]
+    assert not (cmd_root / "ckpt").exists()
+
+
+def test_sampler_converts_a_position_through_rows():
+    """A saved position counts global micro-batches: 2 GPUs x 2 rows after 3 of them = 12 rows = 6 of 1 GPU x 2,
+    and the rest of the epoch keeps the saved order; a size that does not divide the rows is refused."""
+    lengths = np.random.default_rng(0).integers(50, 500, 40)
+    saved = [packing.PackBatchSampler(lengths, micro_batch_size=2, world_size=2, rank=r, accumulate=2)
+             for r in range(2)]
+    order = [row for b0, b1 in zip(*map(list, saved), strict=True) for row in b0 + b1]
+    state = saved[0].state_dict() | {"position": 3}
+    assert state["rows_per_step"] == state["order_rows_per_step"] == 8
+    one = packing.PackBatchSampler(lengths, micro_batch_size=2, accumulate=4)
+    one.load_state_dict(state)
+    assert [row for b in one for row in b] == order[12:]
+    other = packing.PackBatchSampler(lengths, micro_batch_size=2, accumulate=4)
+    assert [row for b in other for row in b] == order  # the same rows per step: the same order on any layout
+    with pytest.raises(packing.ResumeMismatchError, match="saved with 4 rows .* after 12 rows .* this run has 5"):
+        packing.PackBatchSampler(lengths, micro_batch_size=5).load_state_dict(state)
+
+
+def test_accumulation_that_keeps_the_global_batch():
+    saved = {"rows_per_micro_step": 4, "rows_per_step": 8}
+    assert checkpointing.resume_accumulation(saved, 2, 2, allow_change=False) == 4  # 2 ranks -> 1, micro kept
+    assert checkpointing.resume_accumulation(saved, 8, 2, allow_change=False) == 1  # 1 -> 2 ranks of micro 4
+    assert checkpointing.resume_accumulation(saved, 4, 2, allow_change=False) == 2  # the same layout
+    with pytest.raises(packing.ResumeMismatchError, match=r"trained 8 rows .* = 3 rows cannot make 8"):
+        checkpointing.resume_accumulation(saved, 3, 2, allow_change=False)
+    assert checkpointing.resume_accumulation(saved, 3, 2, allow_change=True) == 2  # opted in: 6 rows per step
