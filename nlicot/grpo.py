@@ -41,7 +41,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -242,6 +242,20 @@ class GRPODataModule(NLICoTDataModule):
     example, hence ``packing: false``); validation batches stay the parent's (teacher-forced loss on the SFT
     targets, and generation-based accuracy when the model asks for it).
     """
+
+    def __init__(self, *args: Any, prompts: Literal["all", "label_only", "with_thought"] = "all", **kwargs: Any) -> None:
+        """
+        Args:
+            prompts: which train rows GRPO samples from: ``all`` (GRPO needs only the label), ``label_only`` (the
+                rows without a thought: the label-only recipe's second half, configs/grpo_labels.yaml) or
+                ``with_thought``. Validation and test keep the rows with a thought (their loss needs the target).
+            *args, **kwargs: NLICoTDataModule's arguments.
+        """
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+
+    def _rows(self, split: str) -> str:
+        return self.hparams.prompts if split == "train" else super()._rows(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.hparams.packing:
