@@ -404,8 +404,9 @@ def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_ru
     ref = scalars(tmp_path / "unbroken")
     for tag in ("train/loss", "train/lr", "grpo/reward", "grpo/reward_std", "grpo/reward_correct",
                 "grpo/reward_format", "grpo/reward_brevity", "grpo/kl", "grpo/clip_fraction",
-                "grpo/completion_tokens", "grpo/group_accuracy"):
+                "grpo/completion_tokens", "grpo/group_accuracy", "grpo/flat_groups", "grpo/refills"):
         assert sorted(ref[tag]) == list(range(steps)), tag
+    print(f"\nflat groups {ref['grpo/flat_groups']}, refills {ref['grpo/refills']}")
     # the reference is the start adapter: at step 0 only the train-mode forward's LoRA dropout separates the
     # policy from it; the resumed run below must rebuild it from adapter_path, not from the checkpoint it resumes
     assert ref["grpo/kl"][0] < 0.01
@@ -430,7 +431,8 @@ def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_ru
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = scalars(killed)
     assert sorted(again["train/lr"]) == list(range(resumed_from, steps))
-    for tag in ("train/lr", "train/loss", "grpo/reward", "grpo/completion_tokens", "grpo/kl", "train/grad_norm"):
+    for tag in ("train/lr", "train/loss", "grpo/reward", "grpo/completion_tokens", "grpo/kl", "train/grad_norm",
+                "grpo/refills", "grpo/flat_groups"):
         worst = max(abs(again[tag][s] - ref[tag][s]) for s in range(resumed_from, steps))
         print(f"\nresumed at step {resumed_from}: max |d {tag}| = {worst:.3g}")
         assert worst <= 1e-6, (tag, worst)
