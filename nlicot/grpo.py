@@ -52,7 +52,7 @@ from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossErr
 from nlicot.parsing import extract_prediction
 
 #: Reward terms in the order they are logged; the total is their weighted sum.
-REWARD_TERMS = ("correct", "format", "brevity")
+REWARD_TERMS = ("correct", "format", "brevity", "verdict")
 #: What the KL is measured against (``kl_reference``): the base with the adapter off, or the starting adapter.
 KL_REFERENCES = ("base", "start")
 #: How advantages are scaled (``scale_rewards``, TRL's meaning): per group std, one batch std, or not at all.
@@ -86,17 +86,27 @@ def answer_format_ok(text: str) -> bool:
 def reward_terms(
     texts: Sequence[str], num_tokens: Sequence[int], gold: Sequence[int], max_new_tokens: int, brevity_free_tokens: int
 ) -> dict[str, torch.Tensor]:
-    """Per completion: ``correct`` (parsed label == gold, 1/0), ``format`` (1/0), ``brevity`` in [−1, 0].
+    """Per completion: ``correct`` (parsed label == gold, 1/0), ``format`` (1/0), ``brevity`` in [−1, 0],
+    ``verdict`` (1/0).
 
     Brevity is 0 up to ``brevity_free_tokens`` generated tokens and falls linearly to −1 at ``max_new_tokens``:
     answers of a sensible length are not pushed shorter, long ones are (accuracy falls as thoughts grow).
+    Verdict is 1 when the thought's last step (step 3) states the verdict the answer's label chose, read with
+    data_gen's reader (``data_gen.answers.stated_verdict``, the one ``build`` filters thoughts with): a thought
+    that argues "no entailment" and then answers 1 is not rewarded for consistency. It rewards agreement, not
+    correctness, hence a shaping term (``reward_verdict``, off by default: not measured yet).
     """
-    labels = [extract_prediction(t).label for t in texts]
+    from data_gen.answers import stated_verdict  # stdlib-only module; nlicot.tiny_lm imports data_gen the same way
+
+    parsed = [extract_prediction(t) for t in texts]
+    labels = [e.label for e in parsed]
     span = max(1, max_new_tokens - brevity_free_tokens)
     return {
         "correct": torch.tensor([float(p is not None and p == g) for p, g in zip(labels, gold, strict=True)]),
         "format": torch.tensor([float(answer_format_ok(t)) for t in texts]),
         "brevity": torch.tensor([-min(1.0, max(0, n - brevity_free_tokens) / span) for n in num_tokens]),
+        "verdict": torch.tensor([float(e.label is not None and bool(e.thought) and stated_verdict(e.thought) == e.label)
+                                 for e in parsed]),
     }
 
 
@@ -132,7 +142,7 @@ def shaped_advantages(terms: dict[str, torch.Tensor], weights: dict[str, float],
     """(P, G) reward terms → advantages: the task term scaled, the shaping terms only centred.
 
     ``A = group_advantages(w_c·correct, scale_rewards) + Σ_k w_k·(term_k − group mean of term_k)`` for the shaping
-    terms k (``format``, ``brevity``, ``verdict``).
+    terms k (``format``, ``brevity``, ``verdict``: every key of ``weights`` but ``correct``).
 
     Why not one std over the summed reward (the old objective): the std is a property of the *group*, not of
     the term that varies. In a group of 8 correct, well-formatted answers where one is a token over the brevity
@@ -283,6 +293,7 @@ class GRPOModule(NLICoTModule):
         reward_correct: float = 1.0,
         reward_format: float = 0.5,
         reward_brevity: float = 0.5,
+        reward_verdict: float = 0.0,
         brevity_free_tokens: int = 96,
         scale_rewards: str = "group",
         max_refills: int = 0,
@@ -298,6 +309,7 @@ class GRPOModule(NLICoTModule):
             reward_correct: weight of "parsed label equals gold" (1/0).
             reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
             reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
+            reward_verdict: weight of "step 3 states the verdict the label chose" (1/0, data_gen's verdict reader).
             brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
             scale_rewards: how the correctness advantage is scaled (TRL's meaning): ``group`` = by each group's
                 std, ``batch`` = by the micro-batch's std, ``none`` = not at all. Format and brevity are never
@@ -516,7 +528,8 @@ class GRPOModule(NLICoTModule):
             self._window = torch.stack([count, count]) if self._window is None else self._window
             return torch.zeros((), device=self.device, requires_grad=True)
         g = h.num_generations
-        weights = {"correct": h.reward_correct, "format": h.reward_format, "brevity": h.reward_brevity}
+        weights = {"correct": h.reward_correct, "format": h.reward_format, "brevity": h.reward_brevity,
+                   "verdict": h.reward_verdict}
         advantages = shaped_advantages({k: terms[k].view(len(rows), g) for k in weights}, weights, h.scale_rewards)
         advantages = advantages.view(-1).to(self.device)
 
@@ -583,7 +596,8 @@ class GRPOModule(NLICoTModule):
     def _reward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms: what is logged as ``grpo/reward`` and what decides a group is flat."""
         h = self.hparams
-        return h.reward_correct * terms["correct"] + h.reward_format * terms["format"] + h.reward_brevity * terms["brevity"]
+        return (h.reward_correct * terms["correct"] + h.reward_format * terms["format"]
+                + h.reward_brevity * terms["brevity"] + h.reward_verdict * terms["verdict"])
 
     def _record(self, batch: list[dict[str, Any]], sampled: dict[str, Any]) -> None:
         """Sum this micro-batch's figures (over every sampled completion, refills included) into the step's."""

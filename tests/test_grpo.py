@@ -166,6 +166,24 @@ def test_shaping_terms_are_centred_not_scaled_so_format_keeps_its_weight() -> No
     assert torch.allclose(adv[0], torch.tensor([0.375, -0.125, -0.125, -0.125]))
 
 
+def test_verdict_term_rewards_a_step_3_that_states_the_chosen_label() -> None:
+    def answer(step3: str, label: int) -> str:
+        return ('{"thought_process": "step 1: The premise says Ben has two cats. step 2: The hypothesis says Ben has '
+                f'pets. step 3: {step3}", "predicted_label": {label}}}')
+
+    texts = [answer("entailment, because cats are pets.", 1),
+             answer("no entailment, because the premise does not mention pets.", 0),
+             answer("no entailment, because the premise does not mention pets.", 1),  # argues 0, answers 1
+             answer("the hypothesis cannot be inferred from the premise.", 0),
+             answer("cats are animals.", 1),  # no verdict stated
+             '{"thought_process": "step 1: The premise says', "entailment"]  # cut off; no JSON at all
+    terms = reward_terms(texts, [10] * len(texts), [1] * len(texts), max_new_tokens=160, brevity_free_tokens=96)
+    assert terms["verdict"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    grouped = {k: v[:4].view(1, -1) for k, v in terms.items()}
+    with_verdict = shaped_advantages(grouped, WEIGHTS | {"verdict": 0.2}, "group")
+    delta = with_verdict - shaped_advantages(grouped, WEIGHTS, "group")
+    assert torch.allclose(delta, torch.tensor([[0.05, 0.05, -0.15, 0.05]]))  # 0.2 × centred, not scaled
+
 def test_k3_is_clamped_as_verl_does() -> None:
     logps = torch.tensor([-0.1, -0.1, -0.1, -50.0], requires_grad=True)
     ref = torch.tensor([-0.1, -3.0, -30.0, -0.1])  # d = 0, -2.9, -29.9, +49.9
