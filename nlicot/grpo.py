@@ -523,10 +523,12 @@ class GRPOModule(NLICoTModule):
         h = self.hparams
         rows, completions, terms, sampled = self._informative_groups(batch)
         self._record(batch, sampled)
-        if not rows:  # every group flat, refills included: no policy gradient at all, and no update
+        if not rows:  # every group flat, refills included: no policy gradient at all
             count = torch.zeros((), device=self.device)
             self._window = torch.stack([count, count]) if self._window is None else self._window
-            return torch.zeros((), device=self.device, requires_grad=True)
+            if self.trainer.world_size > 1:  # DDP all-reduces every gradient: this rank still sends zeros
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return torch.zeros((), device=self.device, requires_grad=True)  # no gradient anywhere: no update
         g = h.num_generations
         weights = {"correct": h.reward_correct, "format": h.reward_format, "brevity": h.reward_brevity,
                    "verdict": h.reward_verdict}
