@@ -120,10 +120,15 @@ def measure(name: str, seeds: list[int], budget_s: float, rows: int | None, work
 
 
 def estimate_cost(rows: int, wrong_share: float, work: Path) -> dict[str, str]:
-    """data_gen's own ``--dry-run`` of generate and reflect for ``rows`` synthetic pairs (the estimator samples
-    2,000 rows and extrapolates); reflect's input stands in for generate's output with ``wrong_share`` of the
-    labels wrong (reflect re-asks exactly those)."""
+    """data_gen's own ``--dry-run`` of generate and reflect, scaled to ``rows`` rows.
+
+    The estimator prices the synthetic train pairs (at most all 3,000 of them: generate keeps each pair once, so
+    cycling them would price 3,000 rows however many were asked for) and the figure is scaled linearly to
+    ``rows``, as the estimator itself extrapolates from a 2,000-row sample. Reflect's input stands in for
+    generate's output with ``wrong_share`` of the labels wrong (reflect re-asks exactly those).
+    """
     synth = [json.loads(line) for line in (SYNTH / "train.jsonl").open()]
+    scale, rows = rows / min(rows, len(synth)), min(rows, len(synth))
     work.mkdir(parents=True, exist_ok=True)
     inp, gen = work / "rows.csv", work / "generated.jsonl"
     with inp.open("w", newline="") as f:
@@ -149,7 +154,7 @@ def estimate_cost(rows: int, wrong_share: float, work: Path) -> dict[str, str]:
         if proc.returncode != 0:
             raise SystemExit(f"error: data_gen {stage} --dry-run failed:\n{proc.stderr[-2000:]}")
         sync = next(line for line in proc.stdout.splitlines() if line.strip().startswith("sync API"))
-        out[stage] = sync.split()[2]  # the expected sync-API cost, e.g. £4.6812
+        out[stage] = f"£{float(sync.split()[2].lstrip('£')) * scale:.4f}"  # expected sync-API cost, scaled
     return out
 
 
