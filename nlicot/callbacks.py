@@ -63,8 +63,9 @@ def stats_markdown(stats: dict[str, Any]) -> str:
     """A split's statistics (``NLICoTDataModule.stats()``) as a small Markdown table (TensorBoard text)."""
     tok = stats["tokens"]
     lines = [
-        f"**{stats['source']}**: {stats['examples']} examples of {stats['rows_read']} rows read; "
-        f"dropped over max_length: {stats['dropped']['over_max_length']}; labels {stats['labels']}; "
+        f"**{stats['source']}**: {stats['examples']} examples of {stats['rows_read']} rows read "
+        f"({stats['thoughts']['with_thought']} with a thought, {stats['thoughts']['label_only']} label-only); "
+        f"dropped {stats['dropped']}; labels {stats['labels']}; "
         f"sources {stats['sources']}; {stats['rows']} training rows, packing efficiency "
         f"{100 * stats['packing_efficiency']:.1f} %",
         "",

@@ -1,8 +1,9 @@
 """Reading and validating corpus rows (JSONL, CSV, a saved `datasets` folder or a hub dataset name).
 
 Every problem is reported at once, each with the file and line (or the row id) it comes from, as one
-:class:`CorpusError`; the CLI prints it without a traceback. Training needs ``thought_process``; prediction
-inputs only need premise and hypothesis (label optional).
+:class:`CorpusError`; the CLI prints it without a traceback. Training needs ``thought_process`` except on
+label-only rows (``label_only=True``: rows GRPO learns from by their label alone); prediction inputs only need
+premise and hypothesis (label optional).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_REPORTED = 20
+#: The ``source`` of a row that has a gold label but no thought (nothing was paid for it).
+LABEL_ONLY = "label_only"
 FIELDS = ("id", "premise", "hypothesis", "label", "thought_process", "source")
 
 
@@ -144,6 +147,7 @@ def load_rows(
     require_thought: bool = True,
     require_label: bool = True,
     content_ids: bool = False,
+    label_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Read, rename (``columns`` maps our field name to the source's column) and validate every row.
 
@@ -156,6 +160,11 @@ def load_rows(
     survives renaming the file or inserting rows, and keeps each (premise, hypothesis) pair once: a repeat with the
     same label and thought is dropped and its place listed in the kept row's ``also_at``; one with a different
     label or thought is a problem.
+
+    ``label_only`` (training): a row whose ``thought_process`` is absent, null or empty is a label-only row
+    (``thought_process`` None, ``source`` ``label_only``) instead of a problem, as long as its ``source`` is
+    absent or ``label_only``: a row that claims a paid thought (``initial`` / ``reflected``) and lacks it is still
+    a broken corpus, and a ``label_only`` row that carries a thought is a contradiction.
     """
     rename = {ours: theirs for ours, theirs in (columns or {}).items()}
     rows: list[dict[str, Any]] = []
@@ -188,11 +197,20 @@ def load_rows(
         elif label is None:
             bad(f"{where}: field {rename.get('label', 'label')!r} must be 0 or 1, got {get['label']!r}")
         row["label"] = label
-        thought = get["thought_process"]
-        if require_thought and (not isinstance(thought, str) or not thought.strip()):
-            bad(f"{where}: field {rename.get('thought_process', 'thought_process')!r} must be a non-empty string")
-        row["thought_process"] = thought if isinstance(thought, str) else None
-        row["source"] = str(get["source"] or "initial")
+        thought, origin = get["thought_process"], get["source"]
+        thought_key = rename.get("thought_process", "thought_process")
+        absent = thought is None or thought == ""
+        if label_only and absent and origin in (None, "", LABEL_ONLY):
+            origin = LABEL_ONLY
+        elif label_only and absent:
+            bad(f"{where}: field {thought_key!r} is missing but source is {origin!r} (a row without a thought is "
+                f"label-only: its source must be {LABEL_ONLY!r} or absent)")
+        elif label_only and origin == LABEL_ONLY:
+            bad(f"{where}: source is {LABEL_ONLY!r} but the row has a {thought_key!r}")
+        elif (require_thought or label_only) and (not isinstance(thought, str) or not thought.strip()):
+            bad(f"{where}: field {thought_key!r} must be a non-empty string")
+        row["thought_process"] = thought if isinstance(thought, str) and thought else None
+        row["source"] = str(origin or "initial")
         row_id = get["id"]
         valid_pair = all(isinstance(row[f], str) and row[f].strip() for f in ("premise", "hypothesis"))
         if content_ids and valid_pair:

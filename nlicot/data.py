@@ -23,14 +23,14 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from nlicot import prompt
 from nlicot.atomic import atomic_dir
-from nlicot.corpus import CorpusError, load_rows, source_fingerprint
+from nlicot.corpus import LABEL_ONLY, CorpusError, load_rows, source_fingerprint
 from nlicot.hub import cache_root, load_tokenizer
 from nlicot.packing import Example, PackBatchSampler, collate_packs, pack_examples
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: label-only rows (stats "thoughts", dropped "label_only" / "with_thought")
 _HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -72,6 +72,21 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     }
 
 
+#: Which rows of a split a recipe uses (``rows`` of :func:`build_split`): SFT trains on rows with a thought only.
+ROW_KINDS = ("with_thought", "label_only", "all")
+
+
+def thought_subset(rows: list[dict[str, Any]], fraction: float, seed: int) -> set[str]:
+    """Ids of the rows that keep their thought when only ``fraction`` of them may (``data.thought_fraction``).
+
+    Rows are ranked by SHA-256 of (seed, id) and the first round(fraction × n) kept: the choice depends on the
+    ids and the seed only (not the file order), and a smaller fraction's rows are a subset of a larger one's.
+    """
+    ids = sorted((r["id"] for r in rows if r["thought_process"] is not None),
+                 key=lambda i: hashlib.sha256(f"{seed}\n{i}".encode()).digest())
+    return set(ids[: round(fraction * len(ids))])
+
+
 def build_split(
     source: str,
     split: str,
@@ -80,13 +95,36 @@ def build_split(
     packing: bool,
     on_overlength: str,
     columns: dict[str, str] | None,
+    rows: str = "with_thought",
+    thought_fraction: float = 1.0,
+    thought_seed: int = 0,
 ) -> TokenizedSplit:
-    """Read, validate, tokenize, filter and pack one split (no cache here: see :func:`load_split`)."""
+    """Read, validate, tokenize, filter and pack one split (no cache here: see :func:`load_split`).
+
+    ``rows`` picks the rows kept (:data:`ROW_KINDS`); the others are dropped and counted. Before that, all but
+    ``thought_fraction`` of the rows with a thought lose it and become label-only (:func:`thought_subset`).
+    """
     import datasets
 
-    rows = load_rows(source, split=_HF_SPLIT[split], columns=columns)
+    read = load_rows(source, split=_HF_SPLIT[split], columns=columns, label_only=True)
+    if thought_fraction < 1:
+        keep_thought = thought_subset(read, thought_fraction, thought_seed)
+        read = [r if r["id"] in keep_thought or r["thought_process"] is None else
+                {**r, "thought_process": None, "source": LABEL_ONLY} for r in read]
+    has_thought = [r["thought_process"] is not None for r in read]
+    thoughts = {"with_thought": sum(has_thought), "label_only": len(read) - sum(has_thought)}
+    wanted = {"with_thought": (True,), "label_only": (False,), "all": (True, False)}[rows]
+    rows = [r for r, t in zip(read, has_thought, strict=True) if t in wanted]
+    if not rows:
+        raise CorpusError(f"{source}: no {'rows with a thought_process' if wanted == (True,) else 'label-only rows'} "
+                          f"(of {len(read)} read: {thoughts})")
     prompts = prompt.encode_prompts(tokenizer, [r["premise"] for r in rows], [r["hypothesis"] for r in rows])
-    answers = prompt.encode_answers(tokenizer, [r["thought_process"] for r in rows], [r["label"] for r in rows])
+    paid = [i for i, r in enumerate(rows) if r["thought_process"] is not None]
+    encoded = prompt.encode_answers(tokenizer, [rows[i]["thought_process"] for i in paid],
+                                    [rows[i]["label"] for i in paid]) if paid else []
+    answers: list[list[int]] = [[] for _ in rows]  # a label-only row has no SFT target
+    for i, a in zip(paid, encoded, strict=True):
+        answers[i] = a
     # Thought length = answer length minus the JSON wrapper (17 tokens on 40k rows checked); a third tokenizer
     # pass over the thoughts would cost a third of a cold setup for one statistic.
     wrapper = len(prompt.encode_answers(tokenizer, [""], [0])[0])
@@ -127,8 +165,10 @@ def build_split(
     stats = {
         "source": source,
         "examples": int(len(keep)),
-        "rows_read": len(rows),
-        "dropped": {"over_max_length": int(len(too_long))},
+        "rows_read": len(read),
+        "thoughts": thoughts,
+        "dropped": {"over_max_length": int(len(too_long)),
+                    **{kind: n for kind, n in thoughts.items() if (kind == "with_thought") not in wanted}},
         "dropped_ids": [rows[i]["id"] for i in too_long[:50]],
         "labels": {"entailment": labels.count(1), "no_entailment": labels.count(0)},
         "sources": {s: int(n) for s, n in zip(*np.unique(sources, return_counts=True), strict=True)},
@@ -202,6 +242,8 @@ class NLICoTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         cache: bool = True,
+        thought_fraction: float = 1.0,
+        thought_seed: int = 0,
     ) -> None:
         """
         Args:
@@ -224,6 +266,11 @@ class NLICoTDataModule(L.LightningDataModule):
             num_workers: loader worker processes.
             seed: data order seed; the order of epoch e depends on (seed, e) only.
             cache: cache tokenized and packed splits (keyed by content and settings).
+            thought_fraction: share of the train split's rows with a thought that keep it; the rest become
+                label-only rows (as if no thought had been paid for), which SFT never trains on and GRPO can use
+                (``GRPODataModule``'s ``prompts``). A seeded choice by row id (``thought_seed``): 0.1 and 0.25 of the
+                same corpus are nested, and val / test keep every thought.
+            thought_seed: seed of that choice.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -239,9 +286,18 @@ class NLICoTDataModule(L.LightningDataModule):
             self._tokenizer = load_tokenizer(self.hparams.tokenizer)
         return self._tokenizer
 
-    def _settings(self) -> dict[str, Any]:
+    def _settings(self, split: str) -> dict[str, Any]:
+        """What :func:`build_split` needs besides the source (and what the split's cache is keyed by)."""
         h = self.hparams
-        return dict(max_length=h.max_length, packing=h.packing, on_overlength=h.on_overlength, columns=h.columns)
+        if not 0 <= h.thought_fraction <= 1:
+            raise CorpusError(f"data.thought_fraction={h.thought_fraction} must be in [0, 1]")
+        fraction = dict(thought_fraction=h.thought_fraction, thought_seed=h.thought_seed) if split == "train" else {}
+        return dict(max_length=h.max_length, packing=h.packing, on_overlength=h.on_overlength, columns=h.columns,
+                    rows=self._rows(split), **fraction)
+
+    def _rows(self, split: str) -> str:
+        """Which rows the recipe uses (:data:`ROW_KINDS`): SFT's targets need a thought, on every split."""
+        return "with_thought"
 
     def _sources(self, stage: str | None) -> dict[str, str]:
         """The splits a stage reads, with their sources; one the stage cannot do without is an error if unset."""
@@ -266,7 +322,7 @@ class NLICoTDataModule(L.LightningDataModule):
             return
         fn = self.trainer.state.fn if self.trainer is not None else None
         for split, source in self._sources(fn.value if fn else None).items():
-            load_split(source, split, self.tokenizer, self._settings())
+            load_split(source, split, self.tokenizer, self._settings(split))
 
     def setup(self, stage: str | None = None) -> None:
         """Load this stage's splits (from the cache :meth:`prepare_data` wrote; built here when called alone)."""
@@ -274,7 +330,7 @@ class NLICoTDataModule(L.LightningDataModule):
             self._setup_predict()
         for split, source in self._sources(stage).items():
             if split not in self.splits:
-                self.splits[split] = load_split(source, split, self.tokenizer, self._settings(), self.hparams.cache)
+                self.splits[split] = load_split(source, split, self.tokenizer, self._settings(split), self.hparams.cache)
                 self._report(split)
 
     def _setup_predict(self) -> None:
@@ -302,10 +358,11 @@ class NLICoTDataModule(L.LightningDataModule):
         s = self.splits[split].stats
         tok = s["tokens"]["total"]
         log.info(
-            "%s: %d examples (%d entailment / %d not), %d dropped over max_length, %d rows, packing %.1f %%, "
-            "tokens per example median %.0f max %.0f",
-            split, s["examples"], s["labels"]["entailment"], s["labels"]["no_entailment"],
-            s["dropped"]["over_max_length"], s["rows"], 100 * s["packing_efficiency"], tok["median"], tok["max"],
+            "%s: %d examples (%d entailment / %d not) of %d read (%d with a thought, %d label-only; dropped: %s), "
+            "%d rows, packing %.1f %%, tokens per example median %.0f max %.0f",
+            split, s["examples"], s["labels"]["entailment"], s["labels"]["no_entailment"], s["rows_read"],
+            s["thoughts"]["with_thought"], s["thoughts"]["label_only"], s["dropped"], s["rows"],
+            100 * s["packing_efficiency"], tok["median"], tok["max"],
         )
 
     def _loader(self, split: str, train: bool) -> StatefulDataLoader:

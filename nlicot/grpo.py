@@ -2,8 +2,9 @@
 
 One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_generations`` G)::
 
-    P prompts ──sample (eval mode, seeded by step)──► P×G completions ──reward──► r (P×G) = correct + format + brevity
-    r ──normalise within each prompt's group──► advantages A = (r − mean_g) / std_g   (0 where a group is uniform)
+    P prompts ──sample (eval mode, seeded by step)──► P×G completions ──reward──► terms correct, format, brevity
+    groups whose G rewards are all equal ──dropped; refilled from further prompts (≤ max_refills rounds, DAPO)
+    A = (w_c·correct − mean_g) / scale  +  Σ_shaping w_k·(term_k − mean_g)   (scale: group / batch std or 1)
     [prompt | completion] ──► log π_θ (train mode, with grad), log π_old (sampling policy, no grad),
                               log π_ref (same base, adapter disabled, no grad)
     loss = − Σ_tokens [ min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) − β·k3(π_ref ‖ π_θ) ] / completion tokens of the step,
@@ -22,6 +23,11 @@ Why each choice:
 * **Token-level mean** (sum over every completion token of the optimizer step / their number) instead of a mean of
   per-completion means: a per-completion mean weighs each token of a short answer more, a hidden length bias
   that would fight the explicit brevity term.
+* **Only the task term is std-scaled** (:func:`shaped_advantages`): scaling the summed reward by its group std
+  turned a 1-token brevity difference in an all-correct group into a full −2.65 advantage.
+* **Flat groups leave the step** (no policy gradient, and not in the token normaliser): their share grows as the
+  policy improves, and counting them shrank the effective step with it. The KL anchor then acts on the kept
+  groups' tokens only (DAPO drops them whole too).
 * **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
   completions an unbroken one would, whatever ran in between (validation, checkpointing).
 
@@ -31,23 +37,28 @@ with RNG states, PEFT adapter folder beside them, generation-based validation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from nlicot.data import NLICoTDataModule, TokenizedSplit
 from nlicot.generation import Generated, left_pad, sample_chains
-from nlicot.model import NLICoTModule, NonFiniteLossError
+from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError
 from nlicot.parsing import extract_prediction
 
 #: Reward terms in the order they are logged; the total is their weighted sum.
-REWARD_TERMS = ("correct", "format", "brevity")
+REWARD_TERMS = ("correct", "format", "brevity", "verdict")
 #: What the KL is measured against (``kl_reference``): the base with the adapter off, or the starting adapter.
 KL_REFERENCES = ("base", "start")
+#: How advantages are scaled (``scale_rewards``, TRL's meaning): per group std, one batch std, or not at all.
+SCALE_REWARDS = ("group", "batch", "none")
+#: Upper bound of the per-token k3 estimate (verl's ``low_var_kl`` clamp).
+KL_CLAMP = 10.0
 _STD_FLOOR = 1e-6
 
 
@@ -75,42 +86,114 @@ def answer_format_ok(text: str) -> bool:
 def reward_terms(
     texts: Sequence[str], num_tokens: Sequence[int], gold: Sequence[int], max_new_tokens: int, brevity_free_tokens: int
 ) -> dict[str, torch.Tensor]:
-    """Per completion: ``correct`` (parsed label == gold, 1/0), ``format`` (1/0), ``brevity`` in [−1, 0].
+    """Per completion: ``correct`` (parsed label == gold, 1/0), ``format`` (1/0), ``brevity`` in [−1, 0],
+    ``verdict`` (1/0).
 
     Brevity is 0 up to ``brevity_free_tokens`` generated tokens and falls linearly to −1 at ``max_new_tokens``:
     answers of a sensible length are not pushed shorter, long ones are (accuracy falls as thoughts grow).
+    Verdict is 1 when the thought's last step (step 3) states the verdict the answer's label chose, read with
+    data_gen's reader (``data_gen.answers.stated_verdict``, the one ``build`` filters thoughts with): a thought
+    that argues "no entailment" and then answers 1 is not rewarded for consistency. It rewards agreement, not
+    correctness, hence a shaping term (``reward_verdict``, off by default: not measured yet).
     """
-    labels = [extract_prediction(t).label for t in texts]
+    from data_gen.answers import stated_verdict  # stdlib-only module; nlicot.tiny_lm imports data_gen the same way
+
+    parsed = [extract_prediction(t) for t in texts]
+    labels = [e.label for e in parsed]
     span = max(1, max_new_tokens - brevity_free_tokens)
     return {
         "correct": torch.tensor([float(p is not None and p == g) for p, g in zip(labels, gold, strict=True)]),
         "format": torch.tensor([float(answer_format_ok(t)) for t in texts]),
         "brevity": torch.tensor([-min(1.0, max(0, n - brevity_free_tokens) / span) for n in num_tokens]),
+        "verdict": torch.tensor([float(e.label is not None and bool(e.thought) and stated_verdict(e.thought) == e.label)
+                                 for e in parsed]),
     }
 
 
 def flat_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """(P, G) rewards → (P, 1) bool: the groups whose G rewards are all equal (population std below the floor)."""
+    """(P, G) rewards → (P, 1) bool: the groups whose G rewards are all equal (population std below the floor).
+
+    Such a group gives every completion advantage 0: no policy gradient, only KL. Dynamic sampling skips it.
+    """
     return rewards.std(dim=1, keepdim=True, unbiased=False) < _STD_FLOOR
 
 
-def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """(P, G) rewards → (r − group mean) / group std (population std); 0 for a group whose rewards are all equal.
+def group_advantages(rewards: torch.Tensor, scale_rewards: str = "group") -> torch.Tensor:
+    """(P, G) rewards → (r − group mean) / scale, 0 for a group whose rewards are all equal.
 
-    The guard matters: dividing a float-noise difference by a float-noise std would turn "no signal" into ±1.
+    ``scale_rewards`` (TRL's meaning): ``group`` divides by each group's own std (population std), ``batch`` by the
+    std of every reward in the batch (one scale for all groups: a group that barely varies keeps a small
+    advantage), ``none`` leaves the centred rewards in reward units (Dr. GRPO: no per-group amplification).
+    The flat guard matters: dividing a float-noise difference by a float-noise std would turn "no signal" into ±1.
     """
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    return torch.where(flat_groups(rewards), torch.zeros_like(rewards), (rewards - mean) / std.clamp(min=_STD_FLOOR))
+    if scale_rewards not in SCALE_REWARDS:
+        raise GRPOSettingsError(f"model.scale_rewards={scale_rewards!r} must be one of {', '.join(SCALE_REWARDS)}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_rewards == "group":
+        scale = rewards.std(dim=1, keepdim=True, unbiased=False)
+    elif scale_rewards == "batch":
+        scale = rewards.std(unbiased=False).expand(rewards.shape[0], 1)
+    else:
+        scale = torch.ones(rewards.shape[0], 1, dtype=rewards.dtype)
+    return torch.where(flat_groups(rewards), torch.zeros_like(rewards), centred / scale.clamp(min=_STD_FLOOR))
+
+
+def shaped_advantages(terms: dict[str, torch.Tensor], weights: dict[str, float], scale_rewards: str) -> torch.Tensor:
+    """(P, G) reward terms → advantages: the task term scaled, the shaping terms only centred.
+
+    ``A = group_advantages(w_c·correct, scale_rewards) + Σ_k w_k·(term_k − group mean of term_k)`` for the shaping
+    terms k (``format``, ``brevity``, ``verdict``: every key of ``weights`` but ``correct``).
+
+    Why not one std over the summed reward (the old objective): the std is a property of the *group*, not of
+    the term that varies. In a group of 8 correct, well-formatted answers where one is a token over the brevity
+    budget, the summed rewards differ by 0.0125, the std is 0.0041, and that answer got advantage −2.65 — as
+    large as a wrong label's in a 7-of-8 group: once correctness saturated, GRPO optimised length. Here the
+    correctness term alone is scaled (it is 0/1, so its group std is at least √(1/G·(G−1)/G) when it varies:
+    its advantage is bounded, ≤ √(G−1) = 2.65 at G 8), and a shaping term moves an advantage by at most its
+    weight times its own range (format: w_f; brevity: w_b per full budget; a 1-token excess: w_b / span). A
+    shaping term therefore never outweighs its stated weight, and "the group is flat in correctness" stays a
+    small signal, not a full one.
+    """
+    correct = weights["correct"] * terms["correct"]
+    adv = group_advantages(correct, scale_rewards)
+    for name, w in weights.items():
+        if name != "correct" and w:
+            term = w * terms[name]
+            adv = adv + (term - term.mean(dim=1, keepdim=True))
+    return adv
+
+
+def refill_indices(num_rows: int, count: int, seed: int, key: str) -> list[int]:
+    """``count`` distinct row indices in [0, num_rows) drawn by a generator seeded by (seed, key) only.
+
+    The refill prompts of dynamic sampling: a resumed run draws the very rows an unbroken one did (the key names
+    the optimizer step, rank and refill round), and the train loader's order and position are left alone.
+    """
+    digest = hashlib.sha256(f"{seed}\n{key}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") & (2**63 - 1))
+    return torch.randperm(num_rows, generator=gen)[: min(count, num_rows)].tolist()
+
+
+def adapter_sha256(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over an adapter's tensors (names, dtypes, shapes, bytes) in name order: what GRPO started from."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(π_θ ‖ π_ref) estimate on tokens sampled from π_θ: exp(d) − d − 1, d = log π_ref − log π_θ.
 
-    Unbiased, never negative, and 0 exactly where the two policies agree (Schulman's k3).
+    Unbiased, never negative, and 0 exactly where the two policies agree (Schulman's k3). Clamped as verl's
+    ``kl_penalty`` ``low_var_kl`` is (verl/trainer/ppo/core_algos.py): d to [−20, 20] before the exp, so one
+    token the policy made far likelier than the reference cannot overflow to inf, and the estimate to at most
+    ``KL_CLAMP`` (10) nats, so one such token cannot dominate the step's KL gradient (a clamped token gets none).
     """
-    d = ref_logps - logps
-    return torch.exp(d) - d - 1.0
+    d = (ref_logps - logps).clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1.0).clamp(max=KL_CLAMP)
 
 
 def grpo_loss(
@@ -170,6 +253,20 @@ class GRPODataModule(NLICoTDataModule):
     targets, and generation-based accuracy when the model asks for it).
     """
 
+    def __init__(self, *args: Any, prompts: Literal["all", "label_only", "with_thought"] = "all", **kwargs: Any) -> None:
+        """
+        Args:
+            prompts: which train rows GRPO samples from: ``all`` (GRPO needs only the label), ``label_only`` (the
+                rows without a thought: the label-only recipe's second half, configs/grpo_labels.yaml) or
+                ``with_thought``. Validation and test keep the rows with a thought (their loss needs the target).
+            *args, **kwargs: NLICoTDataModule's arguments.
+        """
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+
+    def _rows(self, split: str) -> str:
+        return self.hparams.prompts if split == "train" else super()._rows(split)
+
     def setup(self, stage: str | None = None) -> None:
         if self.hparams.packing:
             raise GRPOSettingsError("data.packing must be false for GRPO: every train row is one prompt to sample")
@@ -196,7 +293,10 @@ class GRPOModule(NLICoTModule):
         reward_correct: float = 1.0,
         reward_format: float = 0.5,
         reward_brevity: float = 0.5,
+        reward_verdict: float = 0.0,
         brevity_free_tokens: int = 96,
+        scale_rewards: str = "group",
+        max_refills: int = 0,
         **kwargs: Any,
     ) -> None:
         """
@@ -209,7 +309,16 @@ class GRPOModule(NLICoTModule):
             reward_correct: weight of "parsed label equals gold" (1/0).
             reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
             reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
+            reward_verdict: weight of "step 3 states the verdict the label chose" (1/0, data_gen's verdict reader).
             brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
+            scale_rewards: how the correctness advantage is scaled (TRL's meaning): ``group`` = by each group's
+                std, ``batch`` = by the micro-batch's std, ``none`` = not at all. Format and brevity are never
+                scaled, only centred in their group (:func:`shaped_advantages`: a 1-token length difference in an
+                all-correct group stays a 0.01 advantage, not a full one).
+            max_refills: dynamic sampling (DAPO): a group whose G rewards are all equal (no policy gradient) is
+                dropped from the step, and up to this many times per micro-batch further prompts (seeded draws
+                from the train split) are sampled to refill the P slots. 0 = no refill (flat groups are still
+                dropped: they no longer count in the step's token normaliser).
             *args, **kwargs: NLICoTModule's arguments (base model, LoRA / ``adapter_path``, LR schedule,
                 ``max_new_tokens``, ``generation_batch_size``, and the sampling settings ``temperature``,
                 ``top_p``, ``sample_seed`` that GRPO samples with; the policy's log-probs use the same
@@ -221,6 +330,7 @@ class GRPOModule(NLICoTModule):
         self._last_samples: list[dict[str, Any]] = []
         self._figures: dict[str, float] = {}
         self._start_weights: dict[str, torch.Tensor] | None = None
+        self._start_sha256: str | None = None
 
     def setup(self, stage: str) -> None:
         """Refuse settings that cannot work, before the base model is loaded.
@@ -239,6 +349,10 @@ class GRPOModule(NLICoTModule):
             problems.append(f"model.kl_coef={h.kl_coef} must be >= 0")
         if h.kl_reference not in KL_REFERENCES:
             problems.append(f"model.kl_reference={h.kl_reference!r} must be one of {', '.join(KL_REFERENCES)}")
+        if h.scale_rewards not in SCALE_REWARDS:
+            problems.append(f"model.scale_rewards={h.scale_rewards!r} must be one of {', '.join(SCALE_REWARDS)}")
+        if h.max_refills < 0:
+            problems.append(f"model.max_refills={h.max_refills} must be >= 0")
         if not 0 <= h.brevity_free_tokens < h.max_new_tokens:
             problems.append(f"model.brevity_free_tokens={h.brevity_free_tokens} must be in [0, model.max_new_tokens="
                             f"{h.max_new_tokens})")
@@ -257,8 +371,31 @@ class GRPOModule(NLICoTModule):
         if self.model is not None:
             return
         self._load_start()
+        if self.hparams.adapter_path:  # a fresh LoRA is the base (B = 0): nothing on disk that could change
+            self._start_sha256 = adapter_sha256(self.adapter_state_dict())
         if self.hparams.kl_reference == "start":
             self._start_weights = {k: v.clone() for k, v in self.adapter_state_dict().items()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """NLICoTModule's adapter-only checkpoint, plus the SHA-256 of the adapter this run started from."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["nlicot"]["grpo_start_sha256"] = self._start_sha256
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a fit whose ``adapter_path`` now holds another adapter than the run started from.
+
+        The start adapter is re-read from ``adapter_path`` on resume (the KL reference with ``kl_reference:
+        start``): if that file was overwritten (a new SFT run in the same folder), the resumed run would silently
+        anchor to another policy. Only ``fit`` is checked: evaluating a GRPO checkpoint does not use the start.
+        """
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("nlicot", {}).get("grpo_start_sha256")
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and saved is not None and saved != self._start_sha256:
+            raise CheckpointMismatchError(
+                f"model.adapter_path={self.hparams.adapter_path} is not the adapter this run started from (SHA-256 "
+                f"{self._start_sha256[:12]}, the checkpoint's start {saved[:12]}): resuming would change the KL "
+                "reference; point adapter_path at the original adapter or start a new run")
 
     def _load_start(self) -> None:
         start = self.hparams.adapter_path
@@ -284,16 +421,18 @@ class GRPOModule(NLICoTModule):
         self.load_state_dict(ckpt["state_dict"], strict=False)
 
     # -------------------------------------------------------------- sampling
-    def sample(self, rows: Sequence[dict[str, Any]]) -> list[Generated]:
+    def sample(self, rows: Sequence[dict[str, Any]], refill: int = 0) -> list[Generated]:
         """G completions per row (row-major: row 0's G first) from the current policy, in eval mode.
 
         Chain j of a row is drawn from a generator seeded by (``sample_seed``, row id @ optimizer step, j)
         (``nlicot.generation.sample_chains``, prompts prefilled once per group): the draws of a step depend on
         nothing else — not on the batch, the device count, or whatever used the global RNG before — so a resumed
         run samples what the unbroken one did, and a prompt seen again in a later epoch gets fresh samples.
+        Refill round k > 0 of dynamic sampling adds ``+k`` to the key: a row drawn again in the same step is
+        sampled afresh.
         """
         h = self.hparams
-        keys = [f"{r['id']}@{self.global_step}" for r in rows]
+        keys = [f"{r['id']}@{self.global_step}" + (f"+{refill}" if refill else "") for r in rows]
         chains = sample_chains(self.model, self.tokenizer, [r["prompt_ids"] for r in rows], keys,
                                num_samples=h.num_generations, temperature=h.temperature, top_p=h.top_p,
                                seed=h.sample_seed, max_new_tokens=h.max_new_tokens,
@@ -382,16 +521,21 @@ class GRPOModule(NLICoTModule):
     # -------------------------------------------------------------- step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
         h = self.hparams
+        rows, completions, terms, sampled = self._informative_groups(batch)
+        self._record(batch, sampled)
+        if not rows:  # every group flat, refills included: no policy gradient at all
+            count = torch.zeros((), device=self.device)
+            self._window = torch.stack([count, count]) if self._window is None else self._window
+            if self.trainer.world_size > 1:  # DDP all-reduces every gradient: this rank still sends zeros
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return torch.zeros((), device=self.device, requires_grad=True)  # no gradient anywhere: no update
         g = h.num_generations
-        prompts = [r["prompt_ids"] for r in batch]
-        completions = self.sample(batch)
-        gold = [r["label"] for r in batch for _ in range(g)]
-        terms = reward_terms([c.text for c in completions], [c.num_tokens for c in completions], gold,
-                             h.max_new_tokens, h.brevity_free_tokens)
-        reward = h.reward_correct * terms["correct"] + h.reward_format * terms["format"] + h.reward_brevity * terms["brevity"]
-        advantages = group_advantages(reward.view(len(batch), g)).view(-1).to(self.device)
+        weights = {"correct": h.reward_correct, "format": h.reward_format, "brevity": h.reward_brevity,
+                   "verdict": h.reward_verdict}
+        advantages = shaped_advantages({k: terms[k].view(len(rows), g) for k in weights}, weights, h.scale_rewards)
+        advantages = advantages.view(-1).to(self.device)
 
-        layout = self._layout(prompts, completions)
+        layout = self._layout([r["prompt_ids"] for r in rows], completions)
         ref = self.reference_logps(layout) if h.kl_coef > 0 else None  # before the recorded forward (see there)
         logps = self.completion_logps(layout)
         old = self._eval_logps(layout, adapter=True) if self._has_active_dropout() else logps.detach()
@@ -399,27 +543,74 @@ class GRPOModule(NLICoTModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "
                                      f"(batch {batch_idx}); the last checkpoint is usable: lower model.learning_rate")
-        self._record(batch, completions, terms, reward, stats)
+        self._add_figures({**{k: v.item() for k, v in stats.items()}, "used_micro": 1.0})
         # NLICoTModule's optimizer_step divides the summed objective by the step's completion tokens on all
-        # micro-batches and ranks: a token-level mean over the whole optimizer step.
+        # micro-batches and ranks: a token-level mean over the whole optimizer step — of the groups that carry a
+        # signal only (flat ones were dropped above, so their share no longer shrinks the step).
         count = layout["completion_mask"].sum().to(loss.dtype)
         summed = loss * count.clamp(min=1.0)
         counts = torch.stack([summed.detach(), count])
         self._window = counts if self._window is None else self._window + counts
         return summed
 
-    def _record(self, batch, completions, terms, reward, stats) -> None:
-        """Sum this micro-batch's figures into the optimizer step's GRPO figures (logged once per step)."""
-        w = self._figures
-        n = float(len(completions))
-        groups = reward.view(len(batch), -1)
-        add = {"reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
-               "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": n, "micro": 1.0,
-               "groups": float(len(batch)), "flat_groups": flat_groups(groups).sum().item(),
-               **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
-               **{k: v.item() for k, v in stats.items()}}
-        for key, value in add.items():
-            w[key] = w.get(key, 0.0) + value
+    def _informative_groups(self, batch: list[dict[str, Any]]) -> tuple[list, list, dict[str, torch.Tensor], dict]:
+        """Sample the batch's groups; drop flat ones and refill from further prompts, at most ``max_refills`` times.
+
+        Returns the P (or fewer) kept rows, their completions (row-major), their reward terms, and everything
+        sampled (for the figures: rewards over every sampled completion, flat and refill counts). Refill prompts
+        are :func:`refill_indices` draws from the train split keyed by (step, rank, round): deterministic, so a
+        resumed run refills with the same prompts and samples.
+        """
+        h = self.hparams
+        g = h.num_generations
+        want = len(batch)
+        rows, completions, kept_terms = [], [], []
+        sampled = {"rows": [], "completions": [], "terms": [], "flat": 0, "refills": 0}
+        todo, round_ = list(batch), 0
+        while todo:
+            got = self.sample(todo, refill=round_)
+            gold = [r["label"] for r in todo for _ in range(g)]
+            terms = reward_terms([c.text for c in got], [c.num_tokens for c in got], gold, h.max_new_tokens,
+                                 h.brevity_free_tokens)
+            reward = self._reward(terms).view(len(todo), g)
+            flat = flat_groups(reward).view(-1).tolist()
+            sampled["rows"] += todo
+            sampled["completions"] += got
+            sampled["terms"].append(terms)
+            sampled["flat"] += sum(flat)
+            for i, is_flat in enumerate(flat):
+                if not is_flat and len(rows) < want:
+                    rows.append(todo[i])
+                    completions += got[i * g : (i + 1) * g]
+                    kept_terms.append({k: v[i * g : (i + 1) * g] for k, v in terms.items()})
+            if len(rows) >= want or round_ >= h.max_refills:
+                break
+            round_ += 1
+            sampled["refills"] += 1
+            split = self.trainer.datamodule.splits["train"]
+            key = f"{self.global_step}/{self.global_rank}/{round_}"
+            prompts = _PromptRows(split)
+            todo = [prompts[i] for i in refill_indices(len(prompts), want - len(rows), h.sample_seed, key)]
+        terms = {k: torch.cat([t[k] for t in kept_terms]) for k in REWARD_TERMS} if kept_terms else {}
+        sampled["terms"] = {k: torch.cat([t[k] for t in sampled["terms"]]) for k in REWARD_TERMS}
+        return rows, completions, terms, sampled
+
+    def _reward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of the terms: what is logged as ``grpo/reward`` and what decides a group is flat."""
+        h = self.hparams
+        return (h.reward_correct * terms["correct"] + h.reward_format * terms["format"]
+                + h.reward_brevity * terms["brevity"] + h.reward_verdict * terms["verdict"])
+
+    def _record(self, batch: list[dict[str, Any]], sampled: dict[str, Any]) -> None:
+        """Sum this micro-batch's figures (over every sampled completion, refills included) into the step's."""
+        terms, completions = sampled["terms"], sampled["completions"]
+        reward = self._reward(terms)
+        self._add_figures({
+            "reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
+            "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": float(len(completions)),
+            "groups": float(len(sampled["rows"])), "flat_groups": float(sampled["flat"]),
+            "refills": float(sampled["refills"]), **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
+        })
         g = self.hparams.num_generations
         self._last_samples = [
             {"id": batch[0]["id"], "gold": batch[0]["label"], "text": c.text, "reward": reward[i].item(),
@@ -427,28 +618,35 @@ class GRPOModule(NLICoTModule):
             for i, c in enumerate(completions[:g])
         ]
 
+    def _add_figures(self, add: dict[str, float]) -> None:
+        for key, value in add.items():
+            self._figures[key] = self._figures.get(key, 0.0) + value
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Once per optimizer step: NLICoTModule's loss, LR and grad norm, then rewards (mean, std, each term),
         KL, clip fraction, completion length, group accuracy and a sample group.
 
-        ``grpo/flat_groups`` is the share of groups whose G rewards were all equal: they carry no gradient.
+        ``grpo/flat_groups`` is the share of sampled groups (refills included) whose G rewards were all equal:
+        they carry no gradient and are dropped from the step; ``grpo/refills`` the refill rounds the step needed.
+        KL, clip fraction and ratio are means over the micro-batches that kept a group.
         """
         super().on_before_optimizer_step(optimizer)
         w, self._figures = self._figures, {}
         if not w:
             return
-        n, micro = max(w["n"], 1.0), max(w["micro"], 1.0)
+        n, micro = max(w["n"], 1.0), max(w.get("used_micro", 0.0), 1.0)
         mean = w["reward"] / n
         figures = {
             "grpo/reward": mean,
             "grpo/reward_std": max(w["reward_sq"] / n - mean**2, 0.0) ** 0.5,
             **{f"grpo/reward_{k}": w[f"reward_{k}"] / n for k in REWARD_TERMS},
             "grpo/group_accuracy": w["reward_correct"] / n,
-            "grpo/kl": w["kl"] / micro,
-            "grpo/clip_fraction": w["clip_fraction"] / micro,
-            "grpo/ratio": w["ratio"] / micro,
+            "grpo/kl": w.get("kl", 0.0) / micro,
+            "grpo/clip_fraction": w.get("clip_fraction", 0.0) / micro,
+            "grpo/ratio": w.get("ratio", 1.0) / micro,
             "grpo/completion_tokens": w["completion_tokens"] / n,
             "grpo/flat_groups": w["flat_groups"] / max(w["groups"], 1.0),
+            "grpo/refills": w["refills"],
         }
         self.log_dict(figures, on_step=True, on_epoch=False)
         experiment = getattr(self.logger, "experiment", None)

@@ -19,13 +19,17 @@ from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.data import NLICoTDataModule
 from nlicot.generation import Generated
 from nlicot.grpo import (
+    KL_CLAMP,
     GRPOModule,
     GRPOSettingsError,
+    adapter_sha256,
     answer_format_ok,
     group_advantages,
     grpo_loss,
     k3_kl,
+    refill_indices,
     reward_terms,
+    shaped_advantages,
 )
 from nlicot.model import NLICoTModule
 from nlicot.prompt import encode_prompts
@@ -113,6 +117,101 @@ def test_ratio_one_gives_the_plain_policy_gradient_and_k3_is_zero_only_at_agreem
     assert torch.equal(k3_kl(a, a), torch.zeros(3))
     assert (k3_kl(a, a + torch.tensor([0.5, -0.5, 1.0])) > 0).all()
 
+
+
+WEIGHTS = {"correct": 1.0, "format": 0.5, "brevity": 0.5}  # configs/grpo.yaml
+
+
+def group_terms(texts_gold_lengths: list[tuple[str, int, int]]) -> dict[str, torch.Tensor]:
+    texts, gold, lengths = zip(*texts_gold_lengths, strict=True)
+    terms = reward_terms(list(texts), list(lengths), list(gold), max_new_tokens=120, brevity_free_tokens=80)
+    return {k: v.view(1, -1) for k, v in terms.items()}
+
+
+def test_a_one_token_brevity_difference_in_an_all_correct_group_is_not_a_full_advantage() -> None:
+    right, wrong = COMPLETIONS[0][0], COMPLETIONS[1][0]  # both well formed; label 1 and label 1 (gold 0 → wrong)
+    flat = group_terms([(right, 1, 60)] * 7 + [(right, 1, 81)])  # all correct, the last 1 token over the budget
+    summed = sum(w * flat[k] for k, w in WEIGHTS.items())
+    assert group_advantages(summed)[0, -1].item() == pytest.approx(-2.6458, abs=1e-3)  # the old objective: hijacked
+    for scale in ("group", "batch", "none"):
+        adv = shaped_advantages(flat, WEIGHTS, scale)
+        assert abs(adv[0, -1].item()) < 0.1, scale
+        assert adv[0, -1].item() == pytest.approx(-0.5 / 40 * 7 / 8, abs=1e-6)  # w_b / span, centred
+        assert adv.sum().item() == pytest.approx(0.0, abs=1e-6)
+    # a wrong label among 7 right ones (same length, same format) still gets the full correctness advantage
+    mixed = group_terms([(right, 1, 60)] * 7 + [(wrong, 0, 60)])
+    adv = shaped_advantages(mixed, WEIGHTS, "group")
+    assert adv[0, -1].item() == pytest.approx(-math.sqrt(7), abs=1e-3)  # −(7/8) / √(7/64)
+    assert adv[0, 0].item() == pytest.approx(1 / math.sqrt(7), abs=1e-3)
+
+
+def test_scale_rewards_group_batch_and_none_follow_trl() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    group = group_advantages(rewards, "group")
+    assert torch.allclose(group[1], torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    assert torch.allclose(group_advantages(rewards, "batch"), centred / rewards.std(unbiased=False))
+    assert torch.allclose(group_advantages(rewards, "none"), centred)
+    assert all(torch.equal(group_advantages(rewards, s)[2], torch.zeros(4)) for s in ("group", "batch", "none"))
+    with pytest.raises(GRPOSettingsError, match="scale_rewards='std'"):
+        group_advantages(rewards, "std")
+
+
+def test_shaping_terms_are_centred_not_scaled_so_format_keeps_its_weight() -> None:
+    """A group where only the format differs (all wrong, e.g. from the base): the advantage is the format weight
+    times the centred term, whatever the group's spread."""
+    well, sloppy = COMPLETIONS[1][0], COMPLETIONS[3][0]  # both read as label 1, gold 0: wrong
+    terms = group_terms([(well, 0, 30), (sloppy, 0, 30), (sloppy, 0, 30), (sloppy, 0, 30)])
+    adv = shaped_advantages(terms, WEIGHTS, "group")
+    assert torch.allclose(adv[0], torch.tensor([0.375, -0.125, -0.125, -0.125]))
+
+
+def test_verdict_term_rewards_a_step_3_that_states_the_chosen_label() -> None:
+    def answer(step3: str, label: int) -> str:
+        return ('{"thought_process": "step 1: The premise says Ben has two cats. step 2: The hypothesis says Ben has '
+                f'pets. step 3: {step3}", "predicted_label": {label}}}')
+
+    texts = [answer("entailment, because cats are pets.", 1),
+             answer("no entailment, because the premise does not mention pets.", 0),
+             answer("no entailment, because the premise does not mention pets.", 1),  # argues 0, answers 1
+             answer("the hypothesis cannot be inferred from the premise.", 0),
+             answer("cats are animals.", 1),  # no verdict stated
+             '{"thought_process": "step 1: The premise says', "entailment"]  # cut off; no JSON at all
+    terms = reward_terms(texts, [10] * len(texts), [1] * len(texts), max_new_tokens=160, brevity_free_tokens=96)
+    assert terms["verdict"].tolist() == [1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    grouped = {k: v[:4].view(1, -1) for k, v in terms.items()}
+    with_verdict = shaped_advantages(grouped, WEIGHTS | {"verdict": 0.2}, "group")
+    delta = with_verdict - shaped_advantages(grouped, WEIGHTS, "group")
+    assert torch.allclose(delta, torch.tensor([[0.05, 0.05, -0.15, 0.05]]))  # 0.2 × centred, not scaled
+
+def test_k3_is_clamped_as_verl_does() -> None:
+    logps = torch.tensor([-0.1, -0.1, -0.1, -50.0], requires_grad=True)
+    ref = torch.tensor([-0.1, -3.0, -30.0, -0.1])  # d = 0, -2.9, -29.9, +49.9
+    kl = k3_kl(logps, ref)
+    assert kl[0].item() == 0.0
+    assert kl[1].item() == pytest.approx(math.exp(-2.9) + 2.9 - 1, abs=1e-6)  # inside the bound: unchanged
+    assert kl[2].item() == KL_CLAMP and kl[3].item() == KL_CLAMP  # linear growth and exp(49.9) both bounded
+    assert torch.isfinite(kl).all()
+    kl.sum().backward()
+    assert logps.grad[2].item() == 0.0 and logps.grad[3].item() == 0.0 and logps.grad[1].item() != 0.0
+
+
+def test_refill_draws_depend_on_seed_and_key_only() -> None:
+    a = refill_indices(100, 5, seed=0, key="3/0/1")
+    assert a == refill_indices(100, 5, seed=0, key="3/0/1") and len(set(a)) == 5
+    assert a != refill_indices(100, 5, seed=0, key="3/0/2") and a != refill_indices(100, 5, seed=1, key="3/0/1")
+    assert sorted(refill_indices(3, 10, seed=0, key="k")) == [0, 1, 2]  # never more than the split holds
+
+
+def test_adapter_hash_sees_any_changed_value_name_or_dtype() -> None:
+    state = {"a.lora_A": torch.ones(2, 3), "a.lora_B": torch.zeros(3, 2)}
+    h = adapter_sha256(state)
+    assert h == adapter_sha256({k: v.clone() for k, v in reversed(state.items())})
+    changed = {**state, "a.lora_B": state["a.lora_B"].clone()}
+    changed["a.lora_B"][0, 0] = 1e-7
+    assert adapter_sha256(changed) != h
+    assert adapter_sha256({**state, "a.lora_A": state["a.lora_A"].double()}) != h
+    assert adapter_sha256({"b.lora_A": state["a.lora_A"], "a.lora_B": state["a.lora_B"]}) != h
 
 # ---------------------------------------------------------------- the module on the tiny model
 @pytest.fixture(scope="module")
@@ -232,7 +331,9 @@ def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
      ({"clip_epsilon": 0.0}, "model.clip_epsilon=0.0 must be > 0"),
      ({"kl_coef": -0.1}, "model.kl_coef=-0.1 must be >= 0"),
      ({"kl_reference": "sft"}, "model.kl_reference='sft' must be one of base, start"),
-     ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)")],
+     ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)"),
+     ({"scale_rewards": "std"}, "model.scale_rewards='std' must be one of group, batch, none"),
+     ({"max_refills": -1}, "model.max_refills=-1 must be >= 0")],
 )
 def test_bad_settings_are_refused_before_the_model_loads(override, message) -> None:
     module = GRPOModule(**(SMALL | override))
@@ -321,8 +422,9 @@ def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_ru
     ref = scalars(tmp_path / "unbroken")
     for tag in ("train/loss", "train/lr", "grpo/reward", "grpo/reward_std", "grpo/reward_correct",
                 "grpo/reward_format", "grpo/reward_brevity", "grpo/kl", "grpo/clip_fraction",
-                "grpo/completion_tokens", "grpo/group_accuracy"):
+                "grpo/completion_tokens", "grpo/group_accuracy", "grpo/flat_groups", "grpo/refills"):
         assert sorted(ref[tag]) == list(range(steps)), tag
+    print(f"\nflat groups {ref['grpo/flat_groups']}, refills {ref['grpo/refills']}")
     # the reference is the start adapter: at step 0 only the train-mode forward's LoRA dropout separates the
     # policy from it; the resumed run below must rebuild it from adapter_path, not from the checkpoint it resumes
     assert ref["grpo/kl"][0] < 0.01
@@ -347,7 +449,8 @@ def test_grpo_logs_every_step_and_resumes_exactly_after_sigkill(tmp_path, sft_ru
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = scalars(killed)
     assert sorted(again["train/lr"]) == list(range(resumed_from, steps))
-    for tag in ("train/lr", "train/loss", "grpo/reward", "grpo/completion_tokens", "grpo/kl", "train/grad_norm"):
+    for tag in ("train/lr", "train/loss", "grpo/reward", "grpo/completion_tokens", "grpo/kl", "train/grad_norm",
+                "grpo/refills", "grpo/flat_groups"):
         worst = max(abs(again[tag][s] - ref[tag][s]) for s in range(resumed_from, steps))
         print(f"\nresumed at step {resumed_from}: max |d {tag}| = {worst:.3g}")
         assert worst <= 1e-6, (tag, worst)

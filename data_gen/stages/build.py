@@ -26,7 +26,7 @@ from data_gen.answers import QUALITY_PRESETS, QUALITY_RULES, QualityRules, quali
 from data_gen.errors import ConfigError, InputError
 from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
 from data_gen.store import Record, atomic_write_json, atomic_write_text, read_jsonl, sidecar
-from nlicot.corpus import pair_id
+from nlicot.corpus import LABEL_ONLY, CorpusError, load_rows, pair_id
 from nlicot.hub import load_tokenizer
 from nlicot.prompt import encode_answers, encode_prompts
 
@@ -47,6 +47,9 @@ class BuildConfig:
     """score's output: its (possibly rewritten) thoughts replace the originals"""
     min_score: int | None = None
     """with scores: drop rows whose lowest criterion is below this"""
+    label_only: Path | None = None
+    """rows with a gold label and no paid thought (CSV/JSONL: premise, hypothesis, label), carried into the corpus
+    with source label_only (GRPO's label-only rows); a pair that already has a thought is left out (counted)"""
     out_dir: Path | None = None
     """folder for train/val/test.jsonl and stats.json/stats.md (required)"""
     tokenizer: str = "tiny"
@@ -195,6 +198,18 @@ def filter_quality(rows: list[Record], rules: QualityRules) -> tuple[list[Record
     return kept, report
 
 
+def label_only_rows(path: Path, paid: list[Record]) -> tuple[list[Record], int]:
+    """``path``'s rows as label-only corpus rows (content ids), minus the pairs ``paid`` has; and how many those were."""
+    try:
+        rows = load_rows(str(path), require_thought=False, content_ids=True)
+    except CorpusError as e:
+        raise InputError(f"label_only: {e}") from None
+    have = {pair_id(r["premise"], r["hypothesis"]) for r in paid}
+    kept = [{**{k: r[k] for k in ("id", "premise", "hypothesis", "label")}, "thought_process": None,
+             "source": LABEL_ONLY} for r in rows if pair_id(r["premise"], r["hypothesis"]) not in have]
+    return kept, len(rows) - len(kept)
+
+
 def balance(rows: list[Record], seed: int) -> list[Record]:
     """Keep as many rows of the majority label as the minority has (seeded choice), in the original order."""
     by_label = {lab: [r for r in rows if r["label"] == lab] for lab in (0, 1)}
@@ -294,6 +309,10 @@ def main(cfg: BuildConfig) -> int:
         balanced = balance(fits, cfg.seed)
         selection["balanced_out"] = len(fits) - len(balanced)
         fits = balanced
+    if cfg.label_only:
+        extra, selection["label_only_has_thought"] = label_only_rows(cfg.label_only, fits)
+        selection["label_only"] = len(extra)
+        fits = fits + extra
     if not fits:
         raise InputError(f"no rows left for the corpus from {cfg.thoughts} (selection: {dict(selection)})")
     parts = split(fits, cfg.val_fraction, cfg.test_fraction, cfg.seed)
@@ -308,12 +327,13 @@ def main(cfg: BuildConfig) -> int:
     }
     stats: dict[str, Any] = {
         "inputs": {"thoughts": str(cfg.thoughts), "reflected": str(cfg.reflected) if cfg.reflected else None,
-                   "scores": str(cfg.scores) if cfg.scores else None},
+                   "scores": str(cfg.scores) if cfg.scores else None,
+                   "label_only": str(cfg.label_only) if cfg.label_only else None},
         "generate": {"done": len(generated), "failed": failed},
         "initial_model": classifier_metrics(generated),
         "selection": dict(selection),
         "corpus": {"rows": len(fits), "by_source_and_label": {
-            src: _by([r for r in fits if r["source"] == src], "label") for src in ("initial", "reflected")}},
+            src: _by([r for r in fits if r["source"] == src], "label") for src in ("initial", "reflected", LABEL_ONLY)}},
         "splits": {
             name: {"file": f"{name}.jsonl", "rows": len(parts[name]), "by_label": _by(parts[name], "label"),
                    "by_source": _by(parts[name], "source"), "sha256": hashlib.sha256(text.encode()).hexdigest()}
