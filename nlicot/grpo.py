@@ -1,6 +1,6 @@
 """GRPO on the SFT adapter: sample G answers per prompt, reward them, push the adapter toward the better ones.
 
-One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_generations`` G)::
+One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.grpo.num_generations`` G)::
 
     P prompts ──sample (eval mode, seeded by step)──► P×G completions ──reward──► r (P×G) = correct + format + brevity
     r ──normalise within each prompt's group──► advantages A = (r − mean_g) / std_g   (0 where a group is uniform)
@@ -22,37 +22,38 @@ Why each choice:
 * **Token-level mean** (sum over every completion token of the optimizer step / their number) instead of a mean of
   per-completion means: a per-completion mean weighs each token of a short answer more, a hidden length bias
   that would fight the explicit brevity term.
-* **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
+* **Sampling RNG as a function of (generation.seed, row id, optimizer step, chain)**: a resumed run draws the very
   completions an unbroken one would, whatever ran in between (validation, checkpointing).
 
-Everything else is NLICoTModule's: 4-bit base + LoRA loading, warmup-cosine schedule, adapter-only checkpoints
-with RNG states, PEFT adapter folder beside them, generation-based validation.
+Everything else is shared with SFT through :class:`nlicot.lora.LoRAModule`'s public API: 4-bit base + LoRA
+loading, the token-weighted step, warmup-cosine schedule, adapter-only checkpoints, teacher-forced validation. The
+CLI's callbacks add the rest, as for SFT: the RNG streams of exact resume (``TrainingRNG``), the PEFT adapter folder
+beside each checkpoint and generation-based validation.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from nlicot.data import NLICoTDataModule, TokenizedSplit
+from nlicot.args import as_config, plain
+from nlicot.data import NLICoTDataModule, RowDataset
 from nlicot.generation import Generated, left_pad, sample_chains
-from nlicot.model import NLICoTModule, NonFiniteLossError
+from nlicot.lora import LoRAModule
 from nlicot.parsing import extract_prediction
 
 #: Reward terms in the order they are logged; the total is their weighted sum.
 REWARD_TERMS = ("correct", "format", "brevity")
-#: What the KL is measured against (``kl_reference``): the base with the adapter off, or the starting adapter.
-KL_REFERENCES = ("base", "start")
 _STD_FLOOR = 1e-6
 
 
 class GRPOSettingsError(RuntimeError):
-    """A GRPO setting that cannot work (G < 2, temperature ≤ 0, packed prompts …); the CLI prints one line."""
+    """A GRPO setting that cannot work (G < 2, ε ≤ 0, packed prompts …); the CLI prints one line."""
 
 
 # ------------------------------------------------------------------ rewards and objective (pure functions)
@@ -148,26 +149,12 @@ def grpo_loss(
 
 
 # ------------------------------------------------------------------ data
-class _PromptRows(torch.utils.data.Dataset):
-    """A row index from the parent's sampler → the prompt row GRPO needs (no answer)."""
-
-    def __init__(self, split: TokenizedSplit) -> None:
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split.packs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.split.examples[self.split.packs[index][0]]
-        return {k: row[k] for k in ("id", "premise", "hypothesis", "label", "prompt_ids")}
-
-
 class GRPODataModule(NLICoTDataModule):
     """NLICoTDataModule whose train batches are lists of prompt rows (``id``, ``label``, ``prompt_ids``, …).
 
     The order, sharding and mid-epoch resume position come from the parent's sampler unchanged (one row = one
     example, hence ``packing: false``); validation batches stay the parent's (teacher-forced loss on the SFT
-    targets, and generation-based accuracy when the model asks for it).
+    targets, and generation-based accuracy when ``generation_eval.rows`` asks for it).
     """
 
     def setup(self, stage: str | None = None) -> None:
@@ -176,72 +163,72 @@ class GRPODataModule(NLICoTDataModule):
         super().setup(stage)
 
     def train_dataloader(self) -> StatefulDataLoader:
-        sampler = super().train_dataloader().batch_sampler
-        return StatefulDataLoader(_PromptRows(self.splits["train"]), batch_sampler=sampler, collate_fn=list,
-                                  num_workers=self.hparams.num_workers,
-                                  persistent_workers=self.hparams.num_workers > 0)
+        split = self.splits["train"]
+        return self.loader("train", train=True, dataset=RowDataset(split.prompt_row, len(split.packs)), collate_fn=list)
 
 
 # ------------------------------------------------------------------ module
-class GRPOModule(NLICoTModule):
+@dataclass
+class GRPOConfig:
+    """GRPO's own settings; sampling takes ``model.generation`` (temperature, top_p, seed, max_new_tokens, …)."""
+
+    num_generations: int = 8
+    """G, completions sampled per prompt (≥ 2: advantages compare within the group)."""
+    clip_epsilon: float = 0.2
+    """PPO ratio clip ε (> 0)."""
+    kl_coef: float = 0.01
+    """β of the k3 KL to the reference policy (≥ 0; 0 skips the reference forward)."""
+    kl_reference: Literal["base", "start"] = "base"
+    """``base`` = the base with the adapter disabled; ``start`` = the adapter GRPO started from (``adapter_path``;
+    a fresh LoRA is the base), kept as a frozen copy of the adapter weights."""
+    reward_correct: float = 1.0
+    """Weight of "parsed label equals gold" (1/0)."""
+    reward_format: float = 0.5
+    """Weight of "the completion is exactly the JSON answer object" (1/0)."""
+    reward_brevity: float = 0.5
+    """Weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``generation.max_new_tokens``)."""
+    brevity_free_tokens: int = 96
+    """Generated tokens that cost nothing; must be below ``generation.max_new_tokens``."""
+
+
+class GRPOModule(LoRAModule):
     """Group Relative Policy Optimisation of the LoRA adapter, reward = correct label + format + brevity."""
 
-    def __init__(
-        self,
-        *args: Any,
-        num_generations: int = 8,
-        clip_epsilon: float = 0.2,
-        kl_coef: float = 0.01,
-        kl_reference: str = "base",
-        reward_correct: float = 1.0,
-        reward_format: float = 0.5,
-        reward_brevity: float = 0.5,
-        brevity_free_tokens: int = 96,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, grpo: GRPOConfig = GRPOConfig(), **kwargs: Any) -> None:  # noqa: B008
         """
         Args:
-            num_generations: G, completions sampled per prompt (≥ 2: advantages compare within the group).
-            clip_epsilon: PPO ratio clip ε (> 0).
-            kl_coef: β of the k3 KL to the reference policy (≥ 0; 0 skips the reference forward).
-            kl_reference: ``base`` = the base with the adapter disabled; ``start`` = the adapter GRPO started
-                from (``adapter_path``; a fresh LoRA is the base), kept as a frozen copy of the adapter weights.
-            reward_correct: weight of "parsed label equals gold" (1/0).
-            reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
-            reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
-            brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
-            *args, **kwargs: NLICoTModule's arguments (base model, LoRA / ``adapter_path``, LR schedule,
-                ``max_new_tokens``, ``generation_batch_size``, and the sampling settings ``temperature``,
-                ``top_p``, ``sample_seed`` that GRPO samples with; the policy's log-probs use the same
-                temperature). ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights
-                are the starting point.
+            grpo: group size, clip, KL and reward weights.
+            *args, **kwargs: LoRAModule's arguments (base model, ``lora`` / ``adapter_path``, ``optim``,
+                ``schedule``, and ``generation``: GRPO samples with its ``temperature``, ``top_p``, ``seed``,
+                ``max_new_tokens`` and ``batch_size``; the policy's log-probs use the same temperature).
+                ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights are the
+                starting point.
         """
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters()
+        self.grpo = as_config(GRPOConfig, grpo)
+        self.save_hyperparameters({"grpo": plain(self.grpo)})
         self._last_samples: list[dict[str, Any]] = []
         self._figures: dict[str, float] = {}
         self._start_weights: dict[str, torch.Tensor] | None = None
 
     def setup(self, stage: str) -> None:
-        """Refuse settings that cannot work, before the base model is loaded.
+        """Refuse settings that cannot work, every one at once, before the base model is loaded.
 
         Here and not in ``__init__``: jsonargparse wraps exceptions raised while it instantiates the class into
         a union-type traceback, and the CLI's one-line ``error:`` would be lost.
         """
-        h = self.hparams
+        c, max_new = self.grpo, self.generation.max_new_tokens
         problems = []
-        if h.num_generations < 2:
-            problems.append(f"model.num_generations={h.num_generations} must be >= 2 (advantages are relative to "
-                            "the group: one completion has nothing to be compared with)")
-        if h.clip_epsilon <= 0:
-            problems.append(f"model.clip_epsilon={h.clip_epsilon} must be > 0")
-        if h.kl_coef < 0:
-            problems.append(f"model.kl_coef={h.kl_coef} must be >= 0")
-        if h.kl_reference not in KL_REFERENCES:
-            problems.append(f"model.kl_reference={h.kl_reference!r} must be one of {', '.join(KL_REFERENCES)}")
-        if not 0 <= h.brevity_free_tokens < h.max_new_tokens:
-            problems.append(f"model.brevity_free_tokens={h.brevity_free_tokens} must be in [0, model.max_new_tokens="
-                            f"{h.max_new_tokens})")
+        if c.num_generations < 2:
+            problems.append(f"model.grpo.num_generations={c.num_generations} must be >= 2 (advantages are relative "
+                            "to the group: one completion has nothing to be compared with)")
+        if c.clip_epsilon <= 0:
+            problems.append(f"model.grpo.clip_epsilon={c.clip_epsilon} must be > 0")
+        if c.kl_coef < 0:
+            problems.append(f"model.grpo.kl_coef={c.kl_coef} must be >= 0")
+        if not 0 <= c.brevity_free_tokens < max_new:
+            problems.append(f"model.grpo.brevity_free_tokens={c.brevity_free_tokens} must be in "
+                            f"[0, model.generation.max_new_tokens={max_new})")
         if stage == "fit" and self._trainer is not None and not isinstance(self.trainer.datamodule, GRPODataModule):
             problems.append("GRPOModule trains on prompt batches: set data.class_path: nlicot.grpo.GRPODataModule")
         if problems:
@@ -249,56 +236,32 @@ class GRPOModule(NLICoTModule):
 
     # -------------------------------------------------------------- start adapter
     def configure_model(self) -> None:
-        """NLICoTModule's loading; an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights.
+        """LoRAModule's loading (an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights).
 
         With ``kl_reference: start`` the starting adapter is copied here, before a resumed run's checkpoint
         overwrites the live weights: the reference stays what the run started from.
         """
         if self.model is not None:
             return
-        self._load_start()
-        if self.hparams.kl_reference == "start":
+        super().configure_model()
+        if self.grpo.kl_reference == "start":
             self._start_weights = {k: v.clone() for k, v in self.adapter_state_dict().items()}
-
-    def _load_start(self) -> None:
-        start = self.hparams.adapter_path
-        if not start or not Path(start).is_file():
-            return super().configure_model()
-        ckpt = torch.load(start, map_location="cpu", weights_only=True)
-        saved = ckpt.get("hyper_parameters", {})
-        if saved.get("model_name_or_path", self.hparams.model_name_or_path) != self.hparams.model_name_or_path:
-            raise GRPOSettingsError(f"model.adapter_path={start} was trained on {saved['model_name_or_path']!r}, "
-                                    f"not model.model_name_or_path={self.hparams.model_name_or_path!r}")
-        for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules"):
-            if key in saved:
-                self.hparams[key] = saved[key]
-        self.hparams.adapter_path = None  # the parent builds a fresh LoRA of that shape; the weights follow
-        try:
-            super().configure_model()
-        finally:
-            self.hparams.adapter_path = start
-        missing = set(self.adapter_state_dict()) - set(ckpt["state_dict"])
-        if missing:
-            raise GRPOSettingsError(f"model.adapter_path={start} lacks {len(missing)} adapter tensors "
-                                    f"(e.g. {sorted(missing)[0]})")
-        self.load_state_dict(ckpt["state_dict"], strict=False)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rows: Sequence[dict[str, Any]]) -> list[Generated]:
         """G completions per row (row-major: row 0's G first) from the current policy, in eval mode.
 
-        Chain j of a row is drawn from a generator seeded by (``sample_seed``, row id @ optimizer step, j)
+        Chain j of a row is drawn from a generator seeded by (``generation.seed``, row id @ optimizer step, j)
         (``nlicot.generation.sample_chains``, prompts prefilled once per group): the draws of a step depend on
         nothing else — not on the batch, the device count, or whatever used the global RNG before — so a resumed
         run samples what the unbroken one did, and a prompt seen again in a later epoch gets fresh samples.
         """
-        h = self.hparams
+        g, n = self.generation, self.grpo.num_generations
         keys = [f"{r['id']}@{self.global_step}" for r in rows]
         chains = sample_chains(self.model, self.tokenizer, [r["prompt_ids"] for r in rows], keys,
-                               num_samples=h.num_generations, temperature=h.temperature, top_p=h.top_p,
-                               seed=h.sample_seed, max_new_tokens=h.max_new_tokens,
-                               batch_size=max(h.generation_batch_size, h.num_generations))
-        return [g for c in chains for g in c.samples]
+                               num_samples=n, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
+                               max_new_tokens=g.max_new_tokens, batch_size=max(g.batch_size, n))
+        return [c for chain in chains for c in chain.samples]
 
     # -------------------------------------------------------------- log-probs
     def _layout(
@@ -309,7 +272,7 @@ class GRPOModule(NLICoTModule):
         A completion that ended by EOS keeps the EOS: stopping is one of the policy's choices.
         """
         eos = self.tokenizer.eos_token_id
-        g = self.hparams.num_generations
+        g = self.grpo.num_generations
         answer = [c.token_ids + ([eos] if c.finish_reason == "eos" else []) for c in completions]
         prompt_ids, prompt_mask = left_pad([prompts[i // g] for i in range(len(completions))], eos)
         width = max(1, max(len(a) for a in answer))
@@ -336,7 +299,7 @@ class GRPOModule(NLICoTModule):
         w = int(layout["prompt_width"])
         mask = layout["completion_mask"]
         before = hidden[:, w - 1 : w - 1 + mask.shape[1]]  # position t-1 predicts completion token t
-        logits = base.get_output_embeddings()(before[mask]).float() / self.hparams.temperature
+        logits = base.get_output_embeddings()(before[mask]).float() / self.generation.temperature
         chosen = layout["completion_ids"][mask]
         picked = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
         out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
@@ -381,32 +344,30 @@ class GRPOModule(NLICoTModule):
 
     # -------------------------------------------------------------- step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
-        h = self.hparams
-        g = h.num_generations
+        c = self.grpo
+        g = c.num_generations
         prompts = [r["prompt_ids"] for r in batch]
         completions = self.sample(batch)
         gold = [r["label"] for r in batch for _ in range(g)]
         terms = reward_terms([c.text for c in completions], [c.num_tokens for c in completions], gold,
-                             h.max_new_tokens, h.brevity_free_tokens)
-        reward = h.reward_correct * terms["correct"] + h.reward_format * terms["format"] + h.reward_brevity * terms["brevity"]
+                             self.generation.max_new_tokens, c.brevity_free_tokens)
+        reward = c.reward_correct * terms["correct"] + c.reward_format * terms["format"] + c.reward_brevity * terms["brevity"]
         advantages = group_advantages(reward.view(len(batch), g)).view(-1).to(self.device)
 
         layout = self._layout(prompts, completions)
-        ref = self.reference_logps(layout) if h.kl_coef > 0 else None  # before the recorded forward (see there)
+        ref = self.reference_logps(layout) if c.kl_coef > 0 else None  # before the recorded forward (see there)
         logps = self.completion_logps(layout)
         old = self._eval_logps(layout, adapter=True) if self._has_active_dropout() else logps.detach()
-        loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], h.clip_epsilon, h.kl_coef)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "
-                                     f"(batch {batch_idx}); the last checkpoint is usable: lower model.learning_rate")
+        loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], c.clip_epsilon, c.kl_coef)
         self._record(batch, completions, terms, reward, stats)
-        # NLICoTModule's optimizer_step divides the summed objective by the step's completion tokens on all
-        # micro-batches and ranks: a token-level mean over the whole optimizer step.
+        # add_to_step's step divides the summed objective by the step's completion tokens on all micro-batches and
+        # ranks: a token-level mean over the whole optimizer step.
         count = layout["completion_mask"].sum().to(loss.dtype)
-        summed = loss * count.clamp(min=1.0)
-        counts = torch.stack([summed.detach(), count])
-        self._window = counts if self._window is None else self._window + counts
-        return summed
+        return self.add_to_step(loss * count.clamp(min=1.0), count, batch_idx)
+
+    def throughput_counts(self, batch: Any) -> tuple[int, int]:
+        """Prompt rows carry no packed tokens: nothing for ``train/tokens_per_sec`` / ``packing_efficiency``."""
+        return 0, 0
 
     def _record(self, batch, completions, terms, reward, stats) -> None:
         """Sum this micro-batch's figures into the optimizer step's GRPO figures (logged once per step)."""
@@ -420,7 +381,7 @@ class GRPOModule(NLICoTModule):
                **{k: v.item() for k, v in stats.items()}}
         for key, value in add.items():
             w[key] = w.get(key, 0.0) + value
-        g = self.hparams.num_generations
+        g = self.grpo.num_generations
         self._last_samples = [
             {"id": batch[0]["id"], "gold": batch[0]["label"], "text": c.text, "reward": reward[i].item(),
              **{k: terms[k][i].item() for k in REWARD_TERMS}}
@@ -428,7 +389,7 @@ class GRPOModule(NLICoTModule):
         ]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per optimizer step: NLICoTModule's loss, LR and grad norm, then rewards (mean, std, each term),
+        """Once per optimizer step: LoRAModule's loss, LR and grad norm, then rewards (mean, std, each term),
         KL, clip fraction, completion length, group accuracy and a sample group.
 
         ``grpo/flat_groups`` is the share of groups whose G rewards were all equal: they carry no gradient.

@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nlicot.args import LoRAConfig
+from nlicot.attention import PackingIsolationError, attention_inputs
 from nlicot.corpus import load_rows
-from nlicot.model import NLICoTModule, PackingIsolationError
 from nlicot.packing import IGNORE_INDEX, Example, block_causal_mask, collate_packs
 from nlicot.prompt import encode_answers, encode_prompts
+from nlicot.sft import NLICoTModule
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def examples(repo, tokenizer) -> list[Example]:
 def per_token_losses(module: NLICoTModule, batch: dict, leak: bool = False) -> torch.Tensor:
     """Per-position CE; ``leak`` swaps in a plain causal mask (no segments) to show the test can see a leak."""
     base = module.model.get_base_model()
-    inputs = module._attention_inputs(batch)
+    inputs = attention_inputs(batch, module.attention_impl(), torch.float32)
     if leak:
         inputs["attention_mask"] = block_causal_mask(torch.zeros_like(batch["segment_ids"]), inputs["attention_mask"].dtype
                                                      if inputs["attention_mask"].is_floating_point() else None)
@@ -36,7 +38,7 @@ def per_token_losses(module: NLICoTModule, batch: dict, leak: bool = False) -> t
 def make_module(attn: str) -> NLICoTModule:
     torch.manual_seed(0)
     module = NLICoTModule("tiny", attn_implementation=attn, compute_dtype="float32", gradient_checkpointing=False,
-                          lora_r=8, lora_alpha=16, lora_dropout=0.0)
+                          lora=LoRAConfig(r=8, alpha=16, dropout=0.0))
     module.configure_model()
     with torch.no_grad():  # a non-trivial adapter, so LoRA layers take part in the comparison
         for name, p in module.model.named_parameters():
