@@ -65,8 +65,8 @@ def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multip
     """Build one batch from packs (a pack is a list of examples; unpacked training uses packs of one).
 
     Returns ``input_ids``, ``labels``, ``position_ids`` and ``segment_ids`` (B×L, L = longest row rounded up to
-    ``pad_to_multiple_of``), plus ``num_label_tokens`` and ``num_real_tokens`` (scalars) for loss normalisation
-    and the packing-efficiency log.
+    ``pad_to_multiple_of``), plus ``num_real_tokens`` (a scalar: non-pad tokens) for the throughput and
+    packing-efficiency log. The loss counts its supervised tokens itself (``labels[:, 1:] != -100``).
     """
     rows = [sum(len(e) for e in pack) for pack in packs]
     width = math.ceil(max(rows) / pad_to_multiple_of) * pad_to_multiple_of
@@ -89,8 +89,6 @@ def collate_packs(packs: Sequence[Sequence[Example]], pad_id: int, pad_to_multip
         segments[r, start:] = len(pack)
     batch = {k: torch.from_numpy(v) for k, v in
              dict(input_ids=input_ids, labels=labels, position_ids=positions, segment_ids=segments).items()}
-    # Shifted targets are what the loss counts: a label at position 0 of a row can never be predicted.
-    batch["num_label_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     batch["num_real_tokens"] = torch.tensor(sum(rows))
     return batch
 
