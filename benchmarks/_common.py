@@ -78,9 +78,9 @@ def undertrained_sft(steps: int = UNDERTRAINED_SFT_STEPS) -> list[str]:
         f"--data.test_path={SYNTH / 'test.jsonl'}",
         f"--trainer.max_steps={steps}", "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0",
         "--generation_eval.rows=0", "--trainer.accumulate_grad_batches=1", "--data.micro_batch_size=2",
-        "--data.packing=true", "--model.lora_r=64", "--model.lora_alpha=128", "--model.lora_dropout=0.0",
-        "--model.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head,embed_tokens]",
-        "--model.learning_rate=3e-3", "--model.warmup_steps=10", "--model.min_lr_ratio=0.1",
+        "--data.packing=true", "--model.lora.r=64", "--model.lora.alpha=128", "--model.lora.dropout=0.0",
+        "--model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head,embed_tokens]",
+        "--model.optim.learning_rate=3e-3", "--model.schedule.warmup_steps=10", "--model.schedule.min_lr_ratio=0.1",
         "--seed_everything=42", "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
 
@@ -135,13 +135,14 @@ def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test"
     tokens of an adapter folder on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""
     import json
 
+    from nlicot.args import GenerationConfig
     from nlicot.corpus import load_rows
-    from nlicot.model import NLICoTModule
     from nlicot.prompt import encode_prompts
+    from nlicot.sft import NLICoTModule
 
     base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
     module = NLICoTModule(base, compute_dtype="float32", gradient_checkpointing=False, adapter_path=str(adapter),
-                          max_new_tokens=EVAL_MAX_NEW_TOKENS, generation_batch_size=32)
+                          generation=GenerationConfig(max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=32))
     module.configure_model()
     data = load_rows(str(SYNTH / f"{split}.jsonl"), split=split)[:rows]
     ids = encode_prompts(module.tokenizer, [r["premise"] for r in data], [r["hypothesis"] for r in data])

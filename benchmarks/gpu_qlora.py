@@ -75,10 +75,12 @@ def best_settings() -> dict[str, Any]:
     """The LoRA, quantization and optimizer settings of configs/best.yaml (the one place they are decided)."""
     cfg = yaml.safe_load((REPO / "configs" / "best.yaml").read_text())
     m = cfg["model"]
-    keys = ("quantization", "double_quant", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate",
-            "gradient_checkpointing")  # fmt: skip
-    return {k: m[k] for k in keys} | {"max_length": cfg["data"]["max_length"],
-                                      "gradient_clip_val": cfg["trainer"]["gradient_clip_val"]}
+    keys = ("quantization", "double_quant", "gradient_checkpointing")
+    lora = m["lora"]
+    return {k: m[k] for k in keys} | {
+        "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+        "target_modules": lora["target_modules"], "learning_rate": m["optim"]["learning_rate"],
+        "max_length": cfg["data"]["max_length"], "gradient_clip_val": cfg["trainer"]["gradient_clip_val"]}
 
 
 def write_random_model(config, folder: Path, device: torch.device, seed: int = 0) -> None:
@@ -206,8 +208,9 @@ def run_nlicot(model_dir: str, corpus: str, args: argparse.Namespace, best: dict
     """nlicot's own fit path: NLICoTDataModule packing + NLICoTModule (token-weighted loss) under Lightning."""
     import lightning as L
 
+    from nlicot.args import LoRAConfig, OptimConfig, ScheduleConfig
     from nlicot.data import NLICoTDataModule
-    from nlicot.model import NLICoTModule
+    from nlicot.sft import NLICoTModule
 
     flash = args.attention.startswith("flash")
 
@@ -227,10 +230,10 @@ def run_nlicot(model_dir: str, corpus: str, args: argparse.Namespace, best: dict
     model = NLICoTModule(
         model_name_or_path=model_dir, quantization=best["quantization"], double_quant=best["double_quant"],
         compute_dtype="bfloat16" if gpu else "float32", gradient_checkpointing=best["gradient_checkpointing"],
-        lora_r=best["lora_r"], lora_alpha=best["lora_alpha"], lora_dropout=best["lora_dropout"],
-        target_modules=list(best["target_modules"]), optimizer="paged_adamw_8bit" if gpu else "adamw",
-        learning_rate=best["learning_rate"], warmup_steps=args.steps // 10, attn_implementation=args.attention,
-        packing=True,
+        lora=LoRAConfig(r=best["lora_r"], alpha=best["lora_alpha"], dropout=best["lora_dropout"],
+                        target_modules=list(best["target_modules"])),
+        optim=OptimConfig(name="paged_adamw_8bit" if gpu else "adamw", learning_rate=best["learning_rate"]),
+        schedule=ScheduleConfig(warmup_steps=args.steps // 10), attn_implementation=args.attention, packing=True,
     )  # fmt: skip
     timing = Timing()
     trainer = L.Trainer(

@@ -78,11 +78,12 @@ def environment(gpu: bool) -> dict[str, Any]:
 
 def loaded_module(attn: str, dtype: str, device: str):
     """NLICoTModule on ``device`` outside a fit: a bare Trainer gives configure_model its device."""
-    from nlicot.model import NLICoTModule
+    from nlicot.args import LoRAConfig
+    from nlicot.sft import NLICoTModule
 
     torch.manual_seed(0)
     module = NLICoTModule("tiny", attn_implementation=attn, compute_dtype=dtype, gradient_checkpointing=False,
-                          lora_r=8, lora_alpha=16, lora_dropout=0.0)  # fmt: skip
+                          lora=LoRAConfig(r=8, alpha=16, dropout=0.0))  # fmt: skip
     module.trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False)
     module.configure_model()
     with torch.no_grad():  # a non-trivial adapter, so LoRA layers take part in the comparison
@@ -114,7 +115,7 @@ def check_isolation(report: Report, attn: str, device: str) -> None:
 
     def losses(batch: dict, isolate: bool) -> torch.Tensor:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        inputs = module._attention_inputs(batch)
+        inputs = module.decoder_inputs(batch)
         with torch.enable_grad(), torch.autocast(device, torch.bfloat16, enabled=half):
             hidden = base.get_decoder()(input_ids=batch["input_ids"],
                                         **(inputs if isolate else without_isolation(inputs))).last_hidden_state
@@ -156,9 +157,9 @@ def check_fit_and_resume(report: Report, gpu: bool, work: Path, deterministic: b
     from nlicot.cli import main
 
     settings = (["--trainer.accelerator=gpu", "--trainer.precision=bf16-mixed", "--model.compute_dtype=bfloat16",
-                 "--model.optimizer=paged_adamw_8bit"] if gpu else
+                 "--model.optim.name=paged_adamw_8bit"] if gpu else
                 ["--trainer.accelerator=cpu", "--trainer.precision=32-true", "--model.compute_dtype=float32",
-                 "--model.optimizer=adamw"])  # fmt: skip
+                 "--model.optim.name=adamw"])  # fmt: skip
     settings.append(f"--trainer.deterministic={str(deterministic).lower()}")
     name = "fit:deterministic" if deterministic else "fit"
 
@@ -166,8 +167,8 @@ def check_fit_and_resume(report: Report, gpu: bool, work: Path, deterministic: b
         if gpu:
             torch.cuda.reset_peak_memory_stats()
         main(["fit", "--config", str(REPO / "configs/demo_handwritten.yaml"), *settings, "--model.quantization=nf4",
-              "--model.gradient_checkpointing=true", "--model.attn_implementation=auto", "--model.warmup_steps=2",
-              "--model.target_modules=[q_proj,k_proj,v_proj,o_proj]", "--trainer.limit_val_batches=0",
+              "--model.gradient_checkpointing=true", "--model.attn_implementation=auto", "--model.schedule.warmup_steps=2",
+              "--model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]", "--trainer.limit_val_batches=0",
               f"--checkpoint.every_n_train_steps={RESUME_AT}", "--trainer.enable_progress_bar=false",
               f"--checkpoint.dirpath={root / 'ckpt'}", f"--trainer.logger.init_args.save_dir={root / 'tb'}",
               "--trainer.logger.init_args.name=run", f"--predictions.output_dir={root / 'predictions'}", *extra])

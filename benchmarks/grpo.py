@@ -1,7 +1,7 @@
 """Does GRPO raise greedy test accuracy of a deliberately under-trained SFT adapter, without longer answers?
 
     python benchmarks/grpo.py [--grpo-steps N] [--test-rows 420] [--budget-minutes 40] [--json out.json]
-                              [--fit-arg model.init_args.kl_coef=0 ...]
+                              [--fit-arg model.init_args.grpo.kl_coef=0 ...]
 
 1. The shared under-trained SFT adapter (``_common.undertrained_sft_adapter``: the learnable synthetic set on the
    pretrained offline base, stopped early on purpose; cached, also the self-consistency benchmark's start).
@@ -45,7 +45,7 @@ def run_grpo(adapter: Path, out: Path, steps: int, learning_rate: float | None, 
            f"--checkpoint.dirpath={out / 'ckpt'}", f"--trainer.logger.init_args.save_dir={out / 'tb'}",
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]  # validation is not the budget
     if learning_rate is not None:
-        cmd.append(f"--model.init_args.learning_rate={learning_rate}")
+        cmd.append(f"--model.init_args.optim.learning_rate={learning_rate}")
     cmd += [f"--{a.removeprefix('--')}" for a in fit_args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -65,7 +65,7 @@ def main() -> None:
     add_start_arguments(parser)
     parser.add_argument("--learning-rate", type=float, default=None, help="GRPO peak LR (default: configs/grpo.yaml)")
     parser.add_argument("--fit-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more setting for the GRPO fit, e.g. model.init_args.kl_coef=0 (repeatable)")
+                        help="one more setting for the GRPO fit, e.g. model.init_args.grpo.kl_coef=0 (repeatable)")
     args = parser.parse_args()
 
     adapter, sft_seconds = sft_start(args.adapter, args.sft_steps)

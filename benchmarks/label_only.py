@@ -41,8 +41,8 @@ from _common import REPO, SYNTH, greedy_test_eval, machine, quiet_logs
 SFT_GRID = {"a": [(300, 3e-3), (500, 3e-3)], "b": [(100, 3e-3), (200, 3e-3)], "d": [(150, 3e-3), (300, 3e-3)]}
 GRPO_GRID = [(60, 3e-4), (120, 3e-4)]
 FRACTION = {"a": 1.0, "b": 0.1, "c": 0.1, "d": 0.25}
-SMOKE_FIT = ["--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--model.max_new_tokens=24",
-             "--model.brevity_free_tokens=8", "--model.num_generations=2", "--data.micro_batch_size=2"]
+SMOKE_FIT = ["--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--model.generation.max_new_tokens=24",
+             "--model.grpo.brevity_free_tokens=8", "--model.grpo.num_generations=2", "--data.micro_batch_size=2"]
 
 
 def fit(config: str, out: Path, args: list[str]) -> float:
@@ -67,7 +67,7 @@ def run_config(name: str, sft: tuple[int, float] | None, grpo: tuple[int, float]
         steps, lr = sft
         seconds += fit("sft_fraction.yaml", out / "sft", [
             *seeds, f"--data.thought_fraction={FRACTION[name]}", f"--trainer.max_steps={steps}",
-            f"--checkpoint.every_n_train_steps={steps}", f"--model.learning_rate={lr}",
+            f"--checkpoint.every_n_train_steps={steps}", f"--model.optim.learning_rate={lr}",
             *[a for a in small if a.startswith(("--trainer", "--generation", "--data"))]])
         adapter = out / "sft" / "ckpt" / "adapter"
     if grpo is not None:
@@ -75,8 +75,8 @@ def run_config(name: str, sft: tuple[int, float] | None, grpo: tuple[int, float]
         rows = [f"--data.thought_fraction={FRACTION[name]}", "--data.prompts=label_only"] if name in ("c", "d") \
             else ["--data.thought_fraction=1.0", "--data.prompts=all"]
         seconds += fit("grpo_labels.yaml", out / "grpo", [
-            *seeds, f"--model.sample_seed={seed}", *rows, f"--trainer.max_steps={steps}",
-            f"--checkpoint.every_n_train_steps={steps}", f"--model.learning_rate={lr}",
+            *seeds, f"--model.generation.seed={seed}", *rows, f"--trainer.max_steps={steps}",
+            f"--checkpoint.every_n_train_steps={steps}", f"--model.optim.learning_rate={lr}",
             f"--model.init_args.adapter_path={adapter or 'null'}", *small])
         adapter = out / "grpo" / "ckpt" / "adapter"
     assert adapter is not None

@@ -6,8 +6,8 @@
    (``benchmarks/_common.py::undertrained_sft``, seeded, trained once and cached).
 2. ``python -m nlicot predict`` on the first ``--rows`` rows of ``data/synth/test.jsonl``, greedy (k = 1): the
    baseline accuracy and wall time.
-3. The same with ``--model.num_samples k``: vote accuracy, mean single-chain accuracy, the greedy reference chain
-   decoded in the same batches (checked equal to run 2), ECE of the agreement confidence, accuracy at 50 % / 80 %
+3. The same with ``--model.generation.num_samples k``: vote accuracy, mean single-chain accuracy, the greedy
+   reference chain decoded in the same batches (checked equal to run 2), ECE of the agreement confidence, accuracy at 50 % / 80 %
    coverage (most confident rows first), ties, wall time.
 4. Prefill sharing, in process on the first ``--prefill-prompts`` prompts: wall time of the k chains with the
    prompt encoded once and the KV cache repeated (nlicot) vs the prompt repeated before the prefill as
@@ -44,7 +44,7 @@ def predict(adapter: Path, base: str, rows: Path, out: Path, *args: str) -> tupl
     """Records, metrics.json and wall seconds of one ``predict`` run of the adapter folder."""
     cmd = [sys.executable, "-m", "nlicot", "predict", "--config", "configs/demo.yaml",
            f"--model.model_name_or_path={base}", f"--model.adapter_path={adapter}", f"--data.predict_path={rows}",
-           f"--predictions.output_dir={out}", f"--model.max_new_tokens={EVAL_MAX_NEW_TOKENS}",
+           f"--predictions.output_dir={out}", f"--model.generation.max_new_tokens={EVAL_MAX_NEW_TOKENS}",
            "--trainer.enable_progress_bar=false", *args]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
@@ -62,8 +62,8 @@ def prefill_timing(adapter: Path, base: str, data: list[dict], k: int, temperatu
     from transformers import GenerationConfig, StoppingCriteriaList
 
     from nlicot.generation import JsonObjectStop, left_pad, sample_chains, token_pieces
-    from nlicot.model import NLICoTModule
     from nlicot.prompt import encode_prompts
+    from nlicot.sft import NLICoTModule
 
     module = NLICoTModule(base, compute_dtype="float32", gradient_checkpointing=False, adapter_path=str(adapter))
     module.configure_model()
@@ -137,11 +137,12 @@ def main() -> None:
         rows.write_text("".join(json.dumps(r) + "\n" for r in data))
         # Both runs decode PROMPTS_PER_BATCH prompts at a time (the vote run k + 1 sequences per prompt).
         greedy_recs, greedy_m, greedy_s = predict(adapter, base, rows, Path(tmp) / "greedy",
-                                                  f"--model.generation_batch_size={PROMPTS_PER_BATCH}")  # fmt: skip
+                                                  f"--model.generation.batch_size={PROMPTS_PER_BATCH}")  # fmt: skip
         vote_recs, vote_m, vote_s = predict(
-            adapter, base, rows, Path(tmp) / "vote", f"--model.num_samples={args.k}",
-            f"--model.generation_batch_size={PROMPTS_PER_BATCH * (args.k + 1)}",
-            f"--model.temperature={args.temperature}", f"--model.top_p={args.top_p}", "--model.greedy_reference=true",
+            adapter, base, rows, Path(tmp) / "vote", f"--model.generation.num_samples={args.k}",
+            f"--model.generation.batch_size={PROMPTS_PER_BATCH * (args.k + 1)}",
+            f"--model.generation.temperature={args.temperature}", f"--model.generation.top_p={args.top_p}",
+            "--model.generation.greedy_reference=true",
         )  # fmt: skip
     n = greedy_m["num_examples"]
     same_greedy = sum(g["predicted_label"] == v["greedy"]["predicted_label"] for g, v in zip(greedy_recs, vote_recs))

@@ -80,7 +80,10 @@ class StepClock(L.Callback):
         self.out, self.warmup, self.steps, self.meter = out, warmup, steps, _Meter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.meter.count(int(batch["num_real_tokens"]), batch["input_ids"].numel(), int(batch["num_label_tokens"]))
+        from nlicot.packing import IGNORE_INDEX
+
+        supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # what the loss counts (shifted targets)
+        self.meter.count(int(batch["num_real_tokens"]), batch["input_ids"].numel(), supervised)
         if trainer.global_step > len(self.meter.marks):  # this micro-batch ended an optimizer step
             self.meter.step_done()
 

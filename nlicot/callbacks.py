@@ -6,7 +6,8 @@
 * :class:`ThroughputLog`: ``train/tokens_per_sec`` and ``train/packing_efficiency`` every optimizer step;
 * :class:`TrainingRNG`: the random streams of training, carried across everything else and saved for resume.
 
-The module (nlicot/model.py) knows none of them; a plain ``Trainer`` without them still trains correctly.
+The modules (nlicot/lora.py and its recipes) know none of them; a plain ``Trainer`` without them still trains
+correctly. The callbacks use the modules' public API only (``predict_records``, ``throughput_counts``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from nlicot import evaluation
+from nlicot import predictions
 from nlicot.metrics import NLIMetrics
 
 
@@ -28,14 +29,14 @@ class GenerationEval(L.Callback):
 
     Logs ``{val,test}/accuracy``, ``precision``, ``recall``, ``f1``, ``parse_rate``, a few sample thoughts and
     the figures. Each rank generates for its contiguous share of the rows; the generation settings are the
-    model's (``model.max_new_tokens``, ``model.generation_batch_size``, …).
+    model's (``model.generation``: ``max_new_tokens``, ``batch_size``, ``num_samples``, …).
     """
 
     def __init__(self, rows: int = 0) -> None:
         """
         Args:
             rows: how many rows of the validation / test split to generate for at the end of each validation and
-                test (0 = off, -1 = all). Was ``model.generation_eval``.
+                test (0 = off, -1 = all).
         """
         self.rows = rows
 
@@ -55,8 +56,8 @@ class GenerationEval(L.Callback):
         rows = rows.shard(trainer.world_size, trainer.global_rank, contiguous=True).to_list()
         recs = pl_module.predict_records(rows)
         metric = NLIMetrics().to(pl_module.device)
-        evaluation.update_metrics(metric, recs)
-        evaluation.log_metrics(pl_module, stage, metric.compute(), recs[:3])
+        predictions.update_metrics(metric, recs)
+        predictions.log_metrics(pl_module, stage, metric.compute(), recs[:3])
 
 
 def stats_markdown(stats: dict[str, Any]) -> str:
@@ -97,7 +98,8 @@ class DataReport(L.Callback):
 class ThroughputLog(L.Callback):
     """Per optimizer step, summed over its micro-batches and all ranks: ``train/tokens_per_sec`` (real, non-pad
     tokens per wall-clock second since the previous step) and ``train/packing_efficiency`` (real tokens / slots
-    of the padded batches), from the collator's ``num_real_tokens``."""
+    of the padded batches), as the module counts them (``throughput_counts``: the packed collator's
+    ``num_real_tokens``; none for GRPO's prompt rows, which then log no throughput)."""
 
     def __init__(self) -> None:
         self._real = self._slots = 0
@@ -106,13 +108,12 @@ class ThroughputLog(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._last is None:
             self._last = time.perf_counter()
-        if not isinstance(batch, dict):  # GRPO's prompt rows (nlicot/grpo.py): no packed tokens to count
-            return
-        self._real += int(batch["num_real_tokens"])
-        self._slots += batch["input_ids"].numel()
+        real, slots = pl_module.throughput_counts(batch)
+        self._real += real
+        self._slots += slots
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        if not self._slots:  # nothing packed was trained on (GRPO): no throughput figure to report
+        if not self._slots:  # no tokens counted: no throughput figure to report
             return
         counts = torch.tensor([float(self._real), float(self._slots)], device=pl_module.device)
         real, slots = trainer.strategy.reduce(counts, reduce_op="sum")

@@ -29,25 +29,36 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nlicot.attention import PackingIsolationError
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO, ResumeLayout
 from nlicot.corpus import CorpusError
 from nlicot.data import NLICoTDataModule
-from nlicot.evaluation import PredictionWriter
 from nlicot.grpo import GRPOSettingsError
 from nlicot.hub import UnknownModelError
-from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
+from nlicot.lora import CheckpointMismatchError, LoRAModule, NonFiniteLossError, architecture
 from nlicot.packing import ResumeMismatchError
+from nlicot.predictions import PredictionWriter
 from nlicot.preemption import Preemption
 from nlicot.prompt import TemplateTokenError
 
-#: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
-ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
+#: Flat model keys of earlier releases → their key in the typed groups (nlicot/args.py, nlicot/grpo.py).
+RENAMED = {
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "target_modules": "lora.target_modules", "optimizer": "optim.name", "learning_rate": "optim.learning_rate",
+    "weight_decay": "optim.weight_decay", "betas": "optim.betas", "warmup_steps": "schedule.warmup_steps",
+    "min_lr_ratio": "schedule.min_lr_ratio", "rewarm_on_extend": "schedule.rewarm_on_extend",
+    "max_new_tokens": "generation.max_new_tokens", "generation_batch_size": "generation.batch_size",
+    "num_samples": "generation.num_samples", "temperature": "generation.temperature", "top_p": "generation.top_p",
+    "sample_seed": "generation.seed", "greedy_reference": "generation.greedy_reference",
+    **{k: f"grpo.{k}" for k in ("num_generations", "clip_epsilon", "kl_coef", "kl_reference", "reward_correct",
+                                "reward_format", "reward_brevity", "brevity_free_tokens")},
+}
 #: Where runs go when ``trainer.default_root_dir`` is not given.
 DEFAULT_ROOT = "lightning_logs"
 #: Exit status of a run stopped by SIGTERM (resumable with ``--ckpt_path last``).
@@ -68,7 +79,12 @@ class TerseArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         """One line: the key, then the reason. A bad value inside ``model:`` / ``data:`` (subclass mode) comes
         wrapped in a 10-line report of the union of classes it was tried against; keep its innermost reason under
-        the dotted key the user typed."""
+        the dotted key the user typed. A flat model key of an earlier release names its new key (:data:`RENAMED`)."""
+        unknown = re.findall(r"Option '([\w.]+)' is not accepted", message)
+        if unknown and "Parser key \"model" in message:
+            old = unknown[-1]
+            why = f"renamed to model.{RENAMED[old]}" if old in RENAMED else "no such key (--help lists them)"
+            message = f'Parser key "model.{old}": {why}'
         keys = re.findall(r'Parser key "([^"]+)":', message)
         reason = message.rsplit(f'Parser key "{keys[-1]}":', 1)[1].split("\n") if keys else []
         reason = [line.strip() for line in reason if line.strip()]
@@ -82,6 +98,7 @@ class NLICoTCLI(LightningCLI):
         # Subclass mode (model.class_path / data.class_path, e.g. nlicot.grpo.*): links address init_args.
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("data.init_args.packing", "model.init_args.packing")
+        parser.set_defaults({"model": {"class_path": "nlicot.sft.NLICoTModule"}})  # SFT unless a config says
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GenerationEval, "generation_eval")
@@ -123,9 +140,8 @@ class NLICoTCLI(LightningCLI):
         if ckpt is not None:
             saved = torch.load(ckpt, weights_only=True, map_location="cpu").get("hyper_parameters", {})
             # Set in place: parse_object on a subclass-mode group without class_path resets its other init_args.
-            for key in ARCHITECTURE_KEYS:
-                if key in saved:
-                    config.model.init_args[key] = saved[key]
+            for key, value in architecture(saved).items():
+                config.model.init_args[key] = value
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
@@ -186,14 +202,16 @@ def _as_list(value) -> list:
 
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The typed groups' field docstrings (nlicot/args.py) are their --help; jsonargparse reads them when asked.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     try:
         NLICoTCLI(
-            NLICoTModule,
+            LoRAModule,
             NLICoTDataModule,
             args=args,
             parser_class=TerseArgumentParser,
             parser_kwargs={"prog": "python -m nlicot"},
-            subclass_mode_model=True,  # configs without class_path get NLICoTModule / NLICoTDataModule
+            subclass_mode_model=True,  # any recipe on LoRAModule; without class_path: NLICoTModule (SFT)
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={

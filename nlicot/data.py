@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -52,6 +53,11 @@ class TokenizedSplit:
     def row(self, r: int) -> list[Example]:
         rows = self.examples[self.packs[r]]
         return [Example(p, a) for p, a in zip(rows["prompt_ids"], rows["answer_ids"], strict=True)]
+
+    def prompt_row(self, r: int) -> dict[str, Any]:
+        """Training row ``r`` as the prompt to sample from (unpacked rows only: its one example, without the answer)."""
+        row = self.examples[self.packs[r][0]]
+        return {k: row[k] for k in ("id", "premise", "hypothesis", "label", "prompt_ids")}
 
     def column(self, name: str) -> np.ndarray:
         """A whole numeric column straight from Arrow (row-by-row access costs ~1 s per 40k rows)."""
@@ -208,17 +214,18 @@ def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use
     return result
 
 
-class _RowDataset(torch.utils.data.Dataset):
-    """Indexed by row (from :class:`PackBatchSampler`); returns the examples packed into that row."""
+class RowDataset(torch.utils.data.Dataset):
+    """Indexed by training row (from :class:`PackBatchSampler`); ``read(row)`` is what a batch holds of it: the
+    examples packed into it (:meth:`TokenizedSplit.row`) or, for GRPO, its prompt (:meth:`TokenizedSplit.prompt_row`)."""
 
-    def __init__(self, split: TokenizedSplit) -> None:
-        self.split = split
+    def __init__(self, read: Callable[[int], Any], rows: int) -> None:
+        self.read, self.rows = read, rows
 
     def __len__(self) -> int:
-        return len(self.split.packs)
+        return self.rows
 
-    def __getitem__(self, row: int) -> list[Example]:
-        return self.split.row(row)
+    def __getitem__(self, row: int) -> Any:
+        return self.read(row)
 
 
 class NLICoTDataModule(L.LightningDataModule):
@@ -293,9 +300,9 @@ class NLICoTDataModule(L.LightningDataModule):
             raise CorpusError(f"data.thought_fraction={h.thought_fraction} must be in [0, 1]")
         fraction = dict(thought_fraction=h.thought_fraction, thought_seed=h.thought_seed) if split == "train" else {}
         return dict(max_length=h.max_length, packing=h.packing, on_overlength=h.on_overlength, columns=h.columns,
-                    rows=self._rows(split), **fraction)
+                    rows=self.row_kind(split), **fraction)
 
-    def _rows(self, split: str) -> str:
+    def row_kind(self, split: str) -> str:
         """Which rows the recipe uses (:data:`ROW_KINDS`): SFT's targets need a thought, on every split."""
         return "with_thought"
 
@@ -365,7 +372,10 @@ class NLICoTDataModule(L.LightningDataModule):
             100 * s["packing_efficiency"], tok["median"], tok["max"],
         )
 
-    def _loader(self, split: str, train: bool) -> StatefulDataLoader:
+    def loader(self, split: str, train: bool, dataset: torch.utils.data.Dataset | None = None,
+               collate_fn: Callable[[list[Any]], Any] | None = None) -> StatefulDataLoader:
+        """A split's loader: the resumable, rank-sharded row sampler over ``dataset`` (default: its packed rows,
+        collated into isolated packed batches)."""
         data = self.splits[split]
         trainer = self.trainer
         sampler = PackBatchSampler(
@@ -385,11 +395,14 @@ class NLICoTDataModule(L.LightningDataModule):
             if self._resume_position is not None:
                 sampler.load_state_dict(self._resume_position)
                 self._resume_position = None
+        if dataset is None:
+            dataset = RowDataset(data.row, len(data.packs))
+            collate_fn = partial(collate_packs, pad_id=self.tokenizer.pad_token_id,
+                                 pad_to_multiple_of=self.hparams.pad_to_multiple_of)
         return StatefulDataLoader(
-            _RowDataset(data),
+            dataset,
             batch_sampler=sampler,
-            collate_fn=partial(collate_packs, pad_id=self.tokenizer.pad_token_id,
-                               pad_to_multiple_of=self.hparams.pad_to_multiple_of),
+            collate_fn=collate_fn,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
@@ -408,13 +421,13 @@ class NLICoTDataModule(L.LightningDataModule):
         self._resume_position = state_dict.get("train_position")
 
     def train_dataloader(self) -> StatefulDataLoader:
-        return self._loader("train", train=True)
+        return self.loader("train", train=True)
 
     def val_dataloader(self) -> StatefulDataLoader | list:
-        return self._loader("val", train=False) if "val" in self.splits else []
+        return self.loader("val", train=False) if "val" in self.splits else []
 
     def test_dataloader(self) -> StatefulDataLoader:
-        return self._loader("test", train=False)
+        return self.loader("test", train=False)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-split statistics (counts, label balance, token quantiles, drops, packing efficiency)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nlicot.atomic import atomic_dir
 from nlicot.checkpointing import write_adapter
-from nlicot.model import NLICoTModule
+from nlicot.sft import NLICoTModule
 
 
 def load_module(ckpt_path: str | None, adapter_path: str | None, model_name_or_path: str | None,

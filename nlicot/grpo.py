@@ -1,6 +1,6 @@
 """GRPO on the SFT adapter: sample G answers per prompt, reward them, push the adapter toward the better ones.
 
-One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.num_generations`` G)::
+One optimizer micro-batch (``data.micro_batch_size`` prompts P, ``model.grpo.num_generations`` G)::
 
     P prompts ──sample (eval mode, seeded by step)──► P×G completions ──reward──► terms correct, format, brevity
     groups whose G rewards are all equal ──dropped; refilled from further prompts (≤ max_refills rounds, DAPO)
@@ -28,11 +28,13 @@ Why each choice:
 * **Flat groups leave the step** (no policy gradient, and not in the token normaliser): their share grows as the
   policy improves, and counting them shrank the effective step with it. The KL anchor then acts on the kept
   groups' tokens only (DAPO drops them whole too).
-* **Sampling RNG as a function of (sample_seed, row id, optimizer step, chain)**: a resumed run draws the very
+* **Sampling RNG as a function of (generation.seed, row id, optimizer step, chain)**: a resumed run draws the very
   completions an unbroken one would, whatever ran in between (validation, checkpointing).
 
-Everything else is NLICoTModule's: 4-bit base + LoRA loading, warmup-cosine schedule, adapter-only checkpoints
-with RNG states, PEFT adapter folder beside them, generation-based validation.
+Everything else is shared with SFT through :class:`nlicot.lora.LoRAModule`'s public API: 4-bit base + LoRA
+loading, the token-weighted step, warmup-cosine schedule, adapter-only checkpoints, teacher-forced validation. The
+CLI's callbacks add the rest, as for SFT: the RNG streams of exact resume (``TrainingRNG``), the PEFT adapter folder
+beside each checkpoint and generation-based validation.
 """
 
 from __future__ import annotations
@@ -40,21 +42,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from nlicot.data import NLICoTDataModule, TokenizedSplit
+from nlicot.args import as_config, plain
+from nlicot.data import NLICoTDataModule, RowDataset
 from nlicot.generation import Generated, left_pad, sample_chains
-from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError
+from nlicot.lora import CheckpointMismatchError, LoRAModule
 from nlicot.parsing import extract_prediction
+from nlicot.thoughts import stated_verdict
 
 #: Reward terms in the order they are logged; the total is their weighted sum.
 REWARD_TERMS = ("correct", "format", "brevity", "verdict")
-#: What the KL is measured against (``kl_reference``): the base with the adapter off, or the starting adapter.
-KL_REFERENCES = ("base", "start")
 #: How advantages are scaled (``scale_rewards``, TRL's meaning): per group std, one batch std, or not at all.
 SCALE_REWARDS = ("group", "batch", "none")
 #: Upper bound of the per-token k3 estimate (verl's ``low_var_kl`` clamp).
@@ -92,12 +94,10 @@ def reward_terms(
     Brevity is 0 up to ``brevity_free_tokens`` generated tokens and falls linearly to −1 at ``max_new_tokens``:
     answers of a sensible length are not pushed shorter, long ones are (accuracy falls as thoughts grow).
     Verdict is 1 when the thought's last step (step 3) states the verdict the answer's label chose, read with
-    data_gen's reader (``data_gen.answers.stated_verdict``, the one ``build`` filters thoughts with): a thought
+    the reader data_gen's ``build`` filters thoughts with (:func:`nlicot.thoughts.stated_verdict`): a thought
     that argues "no entailment" and then answers 1 is not rewarded for consistency. It rewards agreement, not
     correctness, hence a shaping term (``reward_verdict``, off by default: not measured yet).
     """
-    from data_gen.answers import stated_verdict  # stdlib-only module; nlicot.tiny_lm imports data_gen the same way
-
     parsed = [extract_prediction(t) for t in texts]
     labels = [e.label for e in parsed]
     span = max(1, max_new_tokens - brevity_free_tokens)
@@ -231,26 +231,12 @@ def grpo_loss(
 
 
 # ------------------------------------------------------------------ data
-class _PromptRows(torch.utils.data.Dataset):
-    """A row index from the parent's sampler → the prompt row GRPO needs (no answer)."""
-
-    def __init__(self, split: TokenizedSplit) -> None:
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split.packs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.split.examples[self.split.packs[index][0]]
-        return {k: row[k] for k in ("id", "premise", "hypothesis", "label", "prompt_ids")}
-
-
 class GRPODataModule(NLICoTDataModule):
     """NLICoTDataModule whose train batches are lists of prompt rows (``id``, ``label``, ``prompt_ids``, …).
 
     The order, sharding and mid-epoch resume position come from the parent's sampler unchanged (one row = one
     example, hence ``packing: false``); validation batches stay the parent's (teacher-forced loss on the SFT
-    targets, and generation-based accuracy when the model asks for it).
+    targets, and generation-based accuracy when ``generation_eval.rows`` asks for it).
     """
 
     def __init__(self, *args: Any, prompts: Literal["all", "label_only", "with_thought"] = "all", **kwargs: Any) -> None:
@@ -264,8 +250,8 @@ class GRPODataModule(NLICoTDataModule):
         super().__init__(*args, **kwargs)
         self.save_hyperparameters()
 
-    def _rows(self, split: str) -> str:
-        return self.hparams.prompts if split == "train" else super()._rows(split)
+    def row_kind(self, split: str) -> str:
+        return self.hparams.prompts if split == "train" else super().row_kind(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.hparams.packing:
@@ -273,89 +259,85 @@ class GRPODataModule(NLICoTDataModule):
         super().setup(stage)
 
     def train_dataloader(self) -> StatefulDataLoader:
-        sampler = super().train_dataloader().batch_sampler
-        return StatefulDataLoader(_PromptRows(self.splits["train"]), batch_sampler=sampler, collate_fn=list,
-                                  num_workers=self.hparams.num_workers,
-                                  persistent_workers=self.hparams.num_workers > 0)
+        split = self.splits["train"]
+        return self.loader("train", train=True, dataset=RowDataset(split.prompt_row, len(split.packs)), collate_fn=list)
 
 
 # ------------------------------------------------------------------ module
-class GRPOModule(NLICoTModule):
+@dataclass
+class GRPOConfig:
+    """GRPO's own settings; sampling takes ``model.generation`` (temperature, top_p, seed, max_new_tokens, …)."""
+
+    num_generations: int = 8
+    """G, completions sampled per prompt (≥ 2: advantages compare within the group)."""
+    clip_epsilon: float = 0.2
+    """PPO ratio clip ε (> 0)."""
+    kl_coef: float = 0.01
+    """β of the k3 KL to the reference policy (≥ 0; 0 skips the reference forward)."""
+    kl_reference: Literal["base", "start"] = "base"
+    """``base`` = the base with the adapter disabled; ``start`` = the adapter GRPO started from (``adapter_path``;
+    a fresh LoRA is the base), kept as a frozen copy of the adapter weights."""
+    reward_correct: float = 1.0
+    """Weight of "parsed label equals gold" (1/0)."""
+    reward_format: float = 0.5
+    """Weight of "the completion is exactly the JSON answer object" (1/0)."""
+    reward_brevity: float = 0.5
+    """Weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``generation.max_new_tokens``)."""
+    reward_verdict: float = 0.0
+    """Weight of "step 3 states the verdict the label chose" (1/0, :func:`nlicot.thoughts.stated_verdict`)."""
+    brevity_free_tokens: int = 96
+    """Generated tokens that cost nothing; must be below ``generation.max_new_tokens``."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """How the correctness advantage is scaled (TRL's meaning): ``group`` = by each group's std, ``batch`` = by the
+    micro-batch's std, ``none`` = not at all. Format, brevity and verdict are never scaled, only centred in their
+    group (:func:`shaped_advantages`: a 1-token length difference in an all-correct group stays a 0.01 advantage)."""
+    max_refills: int = 0
+    """Dynamic sampling (DAPO): a group whose G rewards are all equal is dropped from the step, and up to this many
+    times per micro-batch further prompts (seeded draws from the train split) are sampled to refill the P slots.
+    0 = no refill (flat groups are still dropped: they no longer count in the step's token normaliser)."""
+
+
+class GRPOModule(LoRAModule):
     """Group Relative Policy Optimisation of the LoRA adapter, reward = correct label + format + brevity."""
 
-    def __init__(
-        self,
-        *args: Any,
-        num_generations: int = 8,
-        clip_epsilon: float = 0.2,
-        kl_coef: float = 0.01,
-        kl_reference: str = "base",
-        reward_correct: float = 1.0,
-        reward_format: float = 0.5,
-        reward_brevity: float = 0.5,
-        reward_verdict: float = 0.0,
-        brevity_free_tokens: int = 96,
-        scale_rewards: str = "group",
-        max_refills: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, grpo: GRPOConfig = GRPOConfig(), **kwargs: Any) -> None:  # noqa: B008
         """
         Args:
-            num_generations: G, completions sampled per prompt (≥ 2: advantages compare within the group).
-            clip_epsilon: PPO ratio clip ε (> 0).
-            kl_coef: β of the k3 KL to the reference policy (≥ 0; 0 skips the reference forward).
-            kl_reference: ``base`` = the base with the adapter disabled; ``start`` = the adapter GRPO started
-                from (``adapter_path``; a fresh LoRA is the base), kept as a frozen copy of the adapter weights.
-            reward_correct: weight of "parsed label equals gold" (1/0).
-            reward_format: weight of "the completion is exactly the JSON answer object" (1/0).
-            reward_brevity: weight of the brevity term (0 up to ``brevity_free_tokens``, −1 at ``max_new_tokens``).
-            reward_verdict: weight of "step 3 states the verdict the label chose" (1/0, data_gen's verdict reader).
-            brevity_free_tokens: generated tokens that cost nothing; must be below ``max_new_tokens``.
-            scale_rewards: how the correctness advantage is scaled (TRL's meaning): ``group`` = by each group's
-                std, ``batch`` = by the micro-batch's std, ``none`` = not at all. Format and brevity are never
-                scaled, only centred in their group (:func:`shaped_advantages`: a 1-token length difference in an
-                all-correct group stays a 0.01 advantage, not a full one).
-            max_refills: dynamic sampling (DAPO): a group whose G rewards are all equal (no policy gradient) is
-                dropped from the step, and up to this many times per micro-batch further prompts (seeded draws
-                from the train split) are sampled to refill the P slots. 0 = no refill (flat groups are still
-                dropped: they no longer count in the step's token normaliser).
-            *args, **kwargs: NLICoTModule's arguments (base model, LoRA / ``adapter_path``, LR schedule,
-                ``max_new_tokens``, ``generation_batch_size``, and the sampling settings ``temperature``,
-                ``top_p``, ``sample_seed`` that GRPO samples with; the policy's log-probs use the same
-                temperature). ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights
-                are the starting point.
+            grpo: group size, clip, KL and reward weights.
+            *args, **kwargs: LoRAModule's arguments (base model, ``lora`` / ``adapter_path``, ``optim``,
+                ``schedule``, and ``generation``: GRPO samples with its ``temperature``, ``top_p``, ``seed``,
+                ``max_new_tokens`` and ``batch_size``; the policy's log-probs use the same temperature).
+                ``adapter_path`` may also be an nlicot ``.ckpt`` file: its LoRA settings and weights are the
+                starting point.
         """
         super().__init__(*args, **kwargs)
-        self.save_hyperparameters()
+        self.grpo = as_config(GRPOConfig, grpo)
+        self.save_hyperparameters({"grpo": plain(self.grpo)})
         self._last_samples: list[dict[str, Any]] = []
         self._figures: dict[str, float] = {}
         self._start_weights: dict[str, torch.Tensor] | None = None
         self._start_sha256: str | None = None
 
     def setup(self, stage: str) -> None:
-        """Refuse settings that cannot work, before the base model is loaded.
+        """Refuse settings that cannot work, every one at once, before the base model is loaded.
 
         Here and not in ``__init__``: jsonargparse wraps exceptions raised while it instantiates the class into
         a union-type traceback, and the CLI's one-line ``error:`` would be lost.
         """
-        h = self.hparams
+        c, max_new = self.grpo, self.generation.max_new_tokens
         problems = []
-        if h.num_generations < 2:
-            problems.append(f"model.num_generations={h.num_generations} must be >= 2 (advantages are relative to "
-                            "the group: one completion has nothing to be compared with)")
-        if h.clip_epsilon <= 0:
-            problems.append(f"model.clip_epsilon={h.clip_epsilon} must be > 0")
-        if h.kl_coef < 0:
-            problems.append(f"model.kl_coef={h.kl_coef} must be >= 0")
-        if h.kl_reference not in KL_REFERENCES:
-            problems.append(f"model.kl_reference={h.kl_reference!r} must be one of {', '.join(KL_REFERENCES)}")
-        if h.scale_rewards not in SCALE_REWARDS:
-            problems.append(f"model.scale_rewards={h.scale_rewards!r} must be one of {', '.join(SCALE_REWARDS)}")
-        if h.max_refills < 0:
-            problems.append(f"model.max_refills={h.max_refills} must be >= 0")
-        if not 0 <= h.brevity_free_tokens < h.max_new_tokens:
-            problems.append(f"model.brevity_free_tokens={h.brevity_free_tokens} must be in [0, model.max_new_tokens="
-                            f"{h.max_new_tokens})")
+        if c.num_generations < 2:
+            problems.append(f"model.grpo.num_generations={c.num_generations} must be >= 2 (advantages are relative "
+                            "to the group: one completion has nothing to be compared with)")
+        if c.clip_epsilon <= 0:
+            problems.append(f"model.grpo.clip_epsilon={c.clip_epsilon} must be > 0")
+        if c.kl_coef < 0:
+            problems.append(f"model.grpo.kl_coef={c.kl_coef} must be >= 0")
+        if c.max_refills < 0:
+            problems.append(f"model.grpo.max_refills={c.max_refills} must be >= 0")
+        if not 0 <= c.brevity_free_tokens < max_new:
+            problems.append(f"model.grpo.brevity_free_tokens={c.brevity_free_tokens} must be in "
+                            f"[0, model.generation.max_new_tokens={max_new})")
         if stage == "fit" and self._trainer is not None and not isinstance(self.trainer.datamodule, GRPODataModule):
             problems.append("GRPOModule trains on prompt batches: set data.class_path: nlicot.grpo.GRPODataModule")
         if problems:
@@ -363,21 +345,21 @@ class GRPOModule(NLICoTModule):
 
     # -------------------------------------------------------------- start adapter
     def configure_model(self) -> None:
-        """NLICoTModule's loading; an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights.
+        """LoRAModule's loading (an nlicot ``.ckpt`` as ``adapter_path`` brings its LoRA shape and weights).
 
         With ``kl_reference: start`` the starting adapter is copied here, before a resumed run's checkpoint
         overwrites the live weights: the reference stays what the run started from.
         """
         if self.model is not None:
             return
-        self._load_start()
+        super().configure_model()
         if self.hparams.adapter_path:  # a fresh LoRA is the base (B = 0): nothing on disk that could change
             self._start_sha256 = adapter_sha256(self.adapter_state_dict())
-        if self.hparams.kl_reference == "start":
+        if self.grpo.kl_reference == "start":
             self._start_weights = {k: v.clone() for k, v in self.adapter_state_dict().items()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """NLICoTModule's adapter-only checkpoint, plus the SHA-256 of the adapter this run started from."""
+        """LoRAModule's adapter-only checkpoint, plus the SHA-256 of the adapter this run started from."""
         super().on_save_checkpoint(checkpoint)
         checkpoint["nlicot"]["grpo_start_sha256"] = self._start_sha256
 
@@ -394,50 +376,26 @@ class GRPOModule(NLICoTModule):
         if fitting and saved is not None and saved != self._start_sha256:
             raise CheckpointMismatchError(
                 f"model.adapter_path={self.hparams.adapter_path} is not the adapter this run started from (SHA-256 "
-                f"{self._start_sha256[:12]}, the checkpoint's start {saved[:12]}): resuming would change the KL "
+                f"{str(self._start_sha256)[:12]}, the checkpoint's start {saved[:12]}): resuming would change the KL "
                 "reference; point adapter_path at the original adapter or start a new run")
-
-    def _load_start(self) -> None:
-        start = self.hparams.adapter_path
-        if not start or not Path(start).is_file():
-            return super().configure_model()
-        ckpt = torch.load(start, map_location="cpu", weights_only=True)
-        saved = ckpt.get("hyper_parameters", {})
-        if saved.get("model_name_or_path", self.hparams.model_name_or_path) != self.hparams.model_name_or_path:
-            raise GRPOSettingsError(f"model.adapter_path={start} was trained on {saved['model_name_or_path']!r}, "
-                                    f"not model.model_name_or_path={self.hparams.model_name_or_path!r}")
-        for key in ("lora_r", "lora_alpha", "lora_dropout", "target_modules"):
-            if key in saved:
-                self.hparams[key] = saved[key]
-        self.hparams.adapter_path = None  # the parent builds a fresh LoRA of that shape; the weights follow
-        try:
-            super().configure_model()
-        finally:
-            self.hparams.adapter_path = start
-        missing = set(self.adapter_state_dict()) - set(ckpt["state_dict"])
-        if missing:
-            raise GRPOSettingsError(f"model.adapter_path={start} lacks {len(missing)} adapter tensors "
-                                    f"(e.g. {sorted(missing)[0]})")
-        self.load_state_dict(ckpt["state_dict"], strict=False)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rows: Sequence[dict[str, Any]], refill: int = 0) -> list[Generated]:
         """G completions per row (row-major: row 0's G first) from the current policy, in eval mode.
 
-        Chain j of a row is drawn from a generator seeded by (``sample_seed``, row id @ optimizer step, j)
+        Chain j of a row is drawn from a generator seeded by (``generation.seed``, row id @ optimizer step, j)
         (``nlicot.generation.sample_chains``, prompts prefilled once per group): the draws of a step depend on
         nothing else — not on the batch, the device count, or whatever used the global RNG before — so a resumed
         run samples what the unbroken one did, and a prompt seen again in a later epoch gets fresh samples.
         Refill round k > 0 of dynamic sampling adds ``+k`` to the key: a row drawn again in the same step is
         sampled afresh.
         """
-        h = self.hparams
+        g, n = self.generation, self.grpo.num_generations
         keys = [f"{r['id']}@{self.global_step}" + (f"+{refill}" if refill else "") for r in rows]
         chains = sample_chains(self.model, self.tokenizer, [r["prompt_ids"] for r in rows], keys,
-                               num_samples=h.num_generations, temperature=h.temperature, top_p=h.top_p,
-                               seed=h.sample_seed, max_new_tokens=h.max_new_tokens,
-                               batch_size=max(h.generation_batch_size, h.num_generations))
-        return [g for c in chains for g in c.samples]
+                               num_samples=n, temperature=g.temperature, top_p=g.top_p, seed=g.seed,
+                               max_new_tokens=g.max_new_tokens, batch_size=max(g.batch_size, n))
+        return [c for chain in chains for c in chain.samples]
 
     # -------------------------------------------------------------- log-probs
     def _layout(
@@ -448,7 +406,7 @@ class GRPOModule(NLICoTModule):
         A completion that ended by EOS keeps the EOS: stopping is one of the policy's choices.
         """
         eos = self.tokenizer.eos_token_id
-        g = self.hparams.num_generations
+        g = self.grpo.num_generations
         answer = [c.token_ids + ([eos] if c.finish_reason == "eos" else []) for c in completions]
         prompt_ids, prompt_mask = left_pad([prompts[i // g] for i in range(len(completions))], eos)
         width = max(1, max(len(a) for a in answer))
@@ -475,7 +433,7 @@ class GRPOModule(NLICoTModule):
         w = int(layout["prompt_width"])
         mask = layout["completion_mask"]
         before = hidden[:, w - 1 : w - 1 + mask.shape[1]]  # position t-1 predicts completion token t
-        logits = base.get_output_embeddings()(before[mask]).float() / self.hparams.temperature
+        logits = base.get_output_embeddings()(before[mask]).float() / self.generation.temperature
         chosen = layout["completion_ids"][mask]
         picked = torch.log_softmax(logits, dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
         out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
@@ -520,40 +478,34 @@ class GRPOModule(NLICoTModule):
 
     # -------------------------------------------------------------- step
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
-        h = self.hparams
-        rows, completions, terms, sampled = self._informative_groups(batch)
+        c = self.grpo
+        g = c.num_generations
+        rows, completions, terms, sampled = self.informative_groups(batch)
         self._record(batch, sampled)
         if not rows:  # every group flat, refills included: no policy gradient at all
-            count = torch.zeros((), device=self.device)
-            self._window = torch.stack([count, count]) if self._window is None else self._window
+            zero = torch.zeros((), device=self.device)
             if self.trainer.world_size > 1:  # DDP all-reduces every gradient: this rank still sends zeros
-                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return torch.zeros((), device=self.device, requires_grad=True)  # no gradient anywhere: no update
-        g = h.num_generations
-        weights = {"correct": h.reward_correct, "format": h.reward_format, "brevity": h.reward_brevity,
-                   "verdict": h.reward_verdict}
-        advantages = shaped_advantages({k: terms[k].view(len(rows), g) for k in weights}, weights, h.scale_rewards)
+                return self.add_to_step(sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0, zero,
+                                        batch_idx)
+            return self.add_to_step(zero.requires_grad_(), zero, batch_idx)  # no gradient anywhere: no update
+        weights = {"correct": c.reward_correct, "format": c.reward_format, "brevity": c.reward_brevity,
+                   "verdict": c.reward_verdict}
+        advantages = shaped_advantages({k: terms[k].view(len(rows), g) for k in weights}, weights, c.scale_rewards)
         advantages = advantages.view(-1).to(self.device)
 
         layout = self._layout([r["prompt_ids"] for r in rows], completions)
-        ref = self.reference_logps(layout) if h.kl_coef > 0 else None  # before the recorded forward (see there)
+        ref = self.reference_logps(layout) if c.kl_coef > 0 else None  # before the recorded forward (see there)
         logps = self.completion_logps(layout)
         old = self._eval_logps(layout, adapter=True) if self._has_active_dropout() else logps.detach()
-        loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], h.clip_epsilon, h.kl_coef)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"GRPO loss is {loss.item()} at optimizer step {self.global_step} "
-                                     f"(batch {batch_idx}); the last checkpoint is usable: lower model.learning_rate")
+        loss, stats = grpo_loss(logps, old, ref, advantages, layout["completion_mask"], c.clip_epsilon, c.kl_coef)
         self._add_figures({**{k: v.item() for k, v in stats.items()}, "used_micro": 1.0})
-        # NLICoTModule's optimizer_step divides the summed objective by the step's completion tokens on all
-        # micro-batches and ranks: a token-level mean over the whole optimizer step — of the groups that carry a
-        # signal only (flat ones were dropped above, so their share no longer shrinks the step).
+        # add_to_step's step divides the summed objective by the step's completion tokens on all micro-batches and
+        # ranks: a token-level mean over the whole optimizer step — of the groups that carry a signal only (flat
+        # ones were dropped above, so their share no longer shrinks the step).
         count = layout["completion_mask"].sum().to(loss.dtype)
-        summed = loss * count.clamp(min=1.0)
-        counts = torch.stack([summed.detach(), count])
-        self._window = counts if self._window is None else self._window + counts
-        return summed
+        return self.add_to_step(loss * count.clamp(min=1.0), count, batch_idx)
 
-    def _informative_groups(self, batch: list[dict[str, Any]]) -> tuple[list, list, dict[str, torch.Tensor], dict]:
+    def informative_groups(self, batch: list[dict[str, Any]]) -> tuple[list, list, dict[str, torch.Tensor], dict]:
         """Sample the batch's groups; drop flat ones and refill from further prompts, at most ``max_refills`` times.
 
         Returns the P (or fewer) kept rows, their completions (row-major), their reward terms, and everything
@@ -561,19 +513,17 @@ class GRPOModule(NLICoTModule):
         are :func:`refill_indices` draws from the train split keyed by (step, rank, round): deterministic, so a
         resumed run refills with the same prompts and samples.
         """
-        h = self.hparams
-        g = h.num_generations
-        want = len(batch)
+        c = self.grpo
+        g, want = c.num_generations, len(batch)
         rows, completions, kept_terms = [], [], []
         sampled = {"rows": [], "completions": [], "terms": [], "flat": 0, "refills": 0}
         todo, round_ = list(batch), 0
         while todo:
             got = self.sample(todo, refill=round_)
             gold = [r["label"] for r in todo for _ in range(g)]
-            terms = reward_terms([c.text for c in got], [c.num_tokens for c in got], gold, h.max_new_tokens,
-                                 h.brevity_free_tokens)
-            reward = self._reward(terms).view(len(todo), g)
-            flat = flat_groups(reward).view(-1).tolist()
+            terms = reward_terms([x.text for x in got], [x.num_tokens for x in got], gold,
+                                 self.generation.max_new_tokens, c.brevity_free_tokens)
+            flat = flat_groups(self.reward(terms).view(len(todo), g)).view(-1).tolist()
             sampled["rows"] += todo
             sampled["completions"] += got
             sampled["terms"].append(terms)
@@ -583,35 +533,38 @@ class GRPOModule(NLICoTModule):
                     rows.append(todo[i])
                     completions += got[i * g : (i + 1) * g]
                     kept_terms.append({k: v[i * g : (i + 1) * g] for k, v in terms.items()})
-            if len(rows) >= want or round_ >= h.max_refills:
+            if len(rows) >= want or round_ >= c.max_refills:
                 break
             round_ += 1
             sampled["refills"] += 1
             split = self.trainer.datamodule.splits["train"]
             key = f"{self.global_step}/{self.global_rank}/{round_}"
-            prompts = _PromptRows(split)
-            todo = [prompts[i] for i in refill_indices(len(prompts), want - len(rows), h.sample_seed, key)]
+            todo = [split.prompt_row(i) for i in refill_indices(len(split.packs), want - len(rows), self.generation.seed, key)]
         terms = {k: torch.cat([t[k] for t in kept_terms]) for k in REWARD_TERMS} if kept_terms else {}
         sampled["terms"] = {k: torch.cat([t[k] for t in sampled["terms"]]) for k in REWARD_TERMS}
         return rows, completions, terms, sampled
 
-    def _reward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    def reward(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum of the terms: what is logged as ``grpo/reward`` and what decides a group is flat."""
-        h = self.hparams
-        return (h.reward_correct * terms["correct"] + h.reward_format * terms["format"]
-                + h.reward_brevity * terms["brevity"] + h.reward_verdict * terms["verdict"])
+        c = self.grpo
+        return (c.reward_correct * terms["correct"] + c.reward_format * terms["format"]
+                + c.reward_brevity * terms["brevity"] + c.reward_verdict * terms["verdict"])
+
+    def throughput_counts(self, batch: Any) -> tuple[int, int]:
+        """Prompt rows carry no packed tokens: nothing for ``train/tokens_per_sec`` / ``packing_efficiency``."""
+        return 0, 0
 
     def _record(self, batch: list[dict[str, Any]], sampled: dict[str, Any]) -> None:
         """Sum this micro-batch's figures (over every sampled completion, refills included) into the step's."""
         terms, completions = sampled["terms"], sampled["completions"]
-        reward = self._reward(terms)
+        reward = self.reward(terms)
         self._add_figures({
             "reward": reward.sum().item(), "reward_sq": (reward ** 2).sum().item(),
             "completion_tokens": float(sum(c.num_tokens for c in completions)), "n": float(len(completions)),
             "groups": float(len(sampled["rows"])), "flat_groups": float(sampled["flat"]),
             "refills": float(sampled["refills"]), **{f"reward_{k}": v.sum().item() for k, v in terms.items()},
         })
-        g = self.hparams.num_generations
+        g = self.grpo.num_generations
         self._last_samples = [
             {"id": batch[0]["id"], "gold": batch[0]["label"], "text": c.text, "reward": reward[i].item(),
              **{k: terms[k][i].item() for k in REWARD_TERMS}}
@@ -623,7 +576,7 @@ class GRPOModule(NLICoTModule):
             self._figures[key] = self._figures.get(key, 0.0) + value
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per optimizer step: NLICoTModule's loss, LR and grad norm, then rewards (mean, std, each term),
+        """Once per optimizer step: LoRAModule's loss, LR and grad norm, then rewards (mean, std, each term),
         KL, clip fraction, completion length, group accuracy and a sample group.
 
         ``grpo/flat_groups`` is the share of sampled groups (refills included) whose G rewards were all equal:

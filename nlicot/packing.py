@@ -68,10 +68,11 @@ def collate_packs(
     """Build one batch from packs (a pack is a list of examples; unpacked training uses packs of one).
 
     Returns ``input_ids``, ``labels``, ``position_ids`` and ``segment_ids`` (B×L, L = longest row rounded up to
-    ``pad_to_multiple_of``), plus ``num_label_tokens`` and ``num_real_tokens`` (scalars) for loss normalisation
-    and the packing-efficiency log, and the flash-attention varlen boundaries: ``cu_seq_lens`` (int32, every
-    segment's start over the flattened B·L tokens, then B·L) and ``max_length`` (the longest segment, a Python int
-    as transformers' ``DataCollatorWithFlattening`` gives it, so reading it costs no device sync).
+    ``pad_to_multiple_of``), plus ``num_real_tokens`` (a scalar: non-pad tokens) for the throughput and
+    packing-efficiency log (the loss counts its supervised tokens itself, ``labels[:, 1:] != -100``), and the
+    flash-attention varlen boundaries: ``cu_seq_lens`` (int32, every segment's start over the flattened B·L
+    tokens, then B·L) and ``max_length`` (the longest segment, a Python int as transformers'
+    ``DataCollatorWithFlattening`` gives it, so reading it costs no device sync).
     """
     rows = [sum(len(e) for e in pack) for pack in packs]
     width = math.ceil(max(rows) / pad_to_multiple_of) * pad_to_multiple_of
@@ -99,8 +100,6 @@ def collate_packs(
     cu_seq_lens = np.array([*starts, len(packs) * width], dtype=np.int32)
     batch = {k: torch.from_numpy(v) for k, v in
              dict(input_ids=input_ids, labels=labels, position_ids=positions, segment_ids=segments).items()}
-    # Shifted targets are what the loss counts: a label at position 0 of a row can never be predicted.
-    batch["num_label_tokens"] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     batch["num_real_tokens"] = torch.tensor(sum(rows))
     batch["cu_seq_lens"] = torch.from_numpy(cu_seq_lens)
     batch["max_length"] = int(np.diff(cu_seq_lens).max())

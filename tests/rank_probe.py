@@ -14,6 +14,8 @@ from typing import Any
 
 import lightning as L
 
+from nlicot.packing import IGNORE_INDEX
+
 
 def row_digest(ids: list[int], pad_id: int) -> str:
     """Identity of a packed row independent of the batch's padding width (trailing pad tokens dropped)."""
@@ -49,4 +51,4 @@ class RankProbe(L.Callback):
         pad = pl_module.tokenizer.pad_token_id
         rows = [row_digest(ids, pad) for ids in batch["input_ids"].tolist()]
         self._write(trainer, {"step": trainer.global_step, "rows": rows,
-                              "label_tokens": int(batch["num_label_tokens"])})
+                              "label_tokens": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())})

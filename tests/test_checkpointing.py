@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import nlicot.checkpointing as checkpointing
+from nlicot.args import LoRAConfig, OptimConfig, ScheduleConfig
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.data import NLICoTDataModule
-from nlicot.model import NLICoTModule
+from nlicot.sft import NLICoTModule
 
 REPO = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -56,8 +57,8 @@ def test_adapter_folder_written_once_per_saved_step(tmp_path, monkeypatch):
     real = checkpointing.write_adapter
     monkeypatch.setattr(checkpointing, "write_adapter", lambda m, f: written.append(m.global_step) or real(m, f))
     dm = NLICoTDataModule(train_path=str(REPO / "data/demo/train.jsonl"), micro_batch_size=4)
-    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4, lora_alpha=8,
-                         warmup_steps=0, optimizer="adamw")
+    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora=LoRAConfig(r=4, alpha=8),
+                         schedule=ScheduleConfig(warmup_steps=0), optim=OptimConfig(name="adamw"))
     saves = []
 
     class CountSaves(L.Callback):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--data.micro_batch_size=2", "--trainer.accumulate_grad_batches=2", "--trainer.limit_val_batches=0",
-         "--checkpoint.every_n_train_steps=2", "--model.warmup_steps=1", "--trainer.enable_progress_bar=false"]
+         "--checkpoint.every_n_train_steps=2", "--model.schedule.warmup_steps=1", "--trainer.enable_progress_bar=false"]
 
 
 def nlicot(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -45,12 +45,12 @@ def test_default_root_dir_holds_the_run_and_last_resumes_it_with_the_checkpoints
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "adapter").is_dir()
     assert versions(run) == ["version_0"]
     # `last` is resolved inside the run folder, and the checkpoint's LoRA shape wins over a different flag
-    rank = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["lora_r"]
+    rank = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["lora"]["r"]
     assert rank != 8
-    nlicot("fit", "--config", "configs/demo.yaml", *QUICK, "--trainer.max_steps=4", "--model.lora_r=8",
+    nlicot("fit", "--config", "configs/demo.yaml", *QUICK, "--trainer.max_steps=4", "--model.lora.r=8",
            f"--trainer.default_root_dir={run_root}", "--ckpt_path=last")
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 4 and state["hyper_parameters"]["lora_r"] == rank
+    assert state["global_step"] == 4 and state["hyper_parameters"]["lora"]["r"] == rank
     assert versions(run) == ["version_0", "version_1"]
 
 
@@ -60,7 +60,7 @@ def test_predict_from_last_writes_into_the_run_and_starts_no_tensorboard_version
     inputs = tmp_path / "pairs.jsonl"
     inputs.write_text('{"id": "p1", "premise": "A cat sleeps.", "hypothesis": "An animal rests.", "label": 1}\n')
     nlicot("predict", "--config", "configs/demo.yaml", "--ckpt_path=last", f"--trainer.default_root_dir={run_root}",
-           f"--data.predict_path={inputs}", "--model.max_new_tokens=4", "--trainer.enable_progress_bar=false")
+           f"--data.predict_path={inputs}", "--model.generation.max_new_tokens=4", "--trainer.enable_progress_bar=false")
     assert (run / "predictions" / "predictions.jsonl").is_file()
     assert (run / "predictions" / "config.yaml").is_file() and not (run_root / "config.yaml").exists()
     assert versions(run) == before
@@ -70,17 +70,16 @@ def test_checkpoint_whose_adapter_does_not_fit_is_one_error_line(run_root, tmp_p
     """A checkpoint that does not record its LoRA shape (another tool, an older nlicot) and a model of another
     rank: the adapter tensors cannot be loaded; say so in one line."""
     state = torch.load(run_root / "demo" / "checkpoints" / "last.ckpt", weights_only=True)
-    for key in ("lora_r", "lora_alpha", "target_modules"):
-        state["hyper_parameters"].pop(key)
+    state["hyper_parameters"].pop("lora")
     foreign = tmp_path / "foreign.ckpt"
     torch.save(state, foreign)
-    proc = nlicot("validate", "--config", "configs/demo.yaml", f"--ckpt_path={foreign}", "--model.lora_r=4",
+    proc = nlicot("validate", "--config", "configs/demo.yaml", f"--ckpt_path={foreign}", "--model.lora.r=4",
                   f"--trainer.default_root_dir={tmp_path}", "--trainer.limit_val_batches=1",
                   "--trainer.enable_progress_bar=false", ok=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "lora_r" in errors[0], proc.stderr[-3000:]
+    assert len(errors) == 1 and "model.lora.r" in errors[0], proc.stderr[-3000:]
 
 
 def test_sigterm_stops_fit_with_a_non_zero_status_and_a_resumable_checkpoint(tmp_path):
@@ -101,7 +100,7 @@ def test_sigterm_stops_fit_with_a_non_zero_status_and_a_resumable_checkpoint(tmp
 
 @pytest.mark.parametrize(
     ("flag", "key"),
-    [("--model.optimizer=foo", 'Parser key "model.optimizer"'),  # a Literal inside subclass-mode model: 10 lines before
+    [("--model.optim.name=foo", 'Parser key "model.optim.name"'),  # a Literal inside subclass-mode model: 10 lines before
      ("--trainer.max_steps=abc", 'Parser key "trainer.max_steps"')],
 )
 def test_a_bad_flag_value_is_one_error_line_naming_the_key_without_the_usage_screen(flag, key):

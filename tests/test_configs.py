@@ -44,12 +44,12 @@ def test_config_parses_and_starts_with_its_command(name):
 def test_best_is_the_seed_setup():
     cfg = resolved("best.yaml")
     m, d, t = cfg["model"], cfg["data"], cfg["trainer"]
-    assert (m["lora_r"], m["lora_alpha"], m["lora_dropout"]) == (32, 64, 0.05)
-    assert m["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert (m["lora"]["r"], m["lora"]["alpha"], m["lora"]["dropout"]) == (32, 64, 0.05)
+    assert m["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert d["micro_batch_size"] * t["accumulate_grad_batches"] == 64
-    assert (t["gradient_clip_val"], m["learning_rate"], m["warmup_steps"]) == (1.0, 1e-4, 150)
+    assert (t["gradient_clip_val"], m["optim"]["learning_rate"], m["schedule"]["warmup_steps"]) == (1.0, 1e-4, 150)
     assert (d["max_length"], m["quantization"], m["double_quant"], m["compute_dtype"]) == (512, "nf4", True, "bfloat16")
-    assert m["gradient_checkpointing"] and m["optimizer"] == "auto" and t["precision"] == "bf16-mixed"
+    assert m["gradient_checkpointing"] and m["optim"]["name"] == "auto" and t["precision"] == "bf16-mixed"
     assert cfg["generation_eval"]["rows"] == 200 and "generation_eval" not in m  # the callback's key, not the model's
 
 
@@ -57,7 +57,7 @@ def test_best_is_the_seed_setup():
                                              ("ablation2.yaml", 32, 64)])
 def test_ablations_are_small_overlays(name, r, batch):
     cfg = resolved("best.yaml", name)
-    assert cfg["model"]["lora_r"] == r and cfg["model"]["lora_alpha"] == 2 * r
+    assert cfg["model"]["lora"]["r"] == r and cfg["model"]["lora"]["alpha"] == 2 * r
     assert cfg["data"]["micro_batch_size"] * cfg["trainer"]["accumulate_grad_batches"] == batch
     assert cfg["checkpoint"]["dirpath"] != resolved("best.yaml")["checkpoint"]["dirpath"]
     assert len((REPO / "configs" / name).read_text().splitlines()) < 25
@@ -88,3 +88,11 @@ def test_one_flag_moves_the_whole_run(tmp_path):
     assert config.trainer.logger.init_args.save_dir == str(tmp_path)
     assert config.predictions.output_dir == str(tmp_path / "demo" / "predictions")
     assert resolved("demo.yaml")["checkpoint"]["dirpath"] == "lightning_logs/demo/checkpoints"  # the default place
+
+
+def test_a_flat_key_of_the_previous_release_is_one_error_line_naming_its_new_key(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(REPO / "configs/demo.yaml"), "--model.learning_rate=1e-3", "--print_config"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert done.value.code == 2
+    assert errors == ['error: Parser key "model.learning_rate": renamed to model.optim.learning_rate'], errors

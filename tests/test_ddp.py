@@ -41,7 +41,7 @@ def fit(root: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/demo_handwritten.yaml"),
            f"--trainer.max_steps={STEPS}", f"--trainer.accumulate_grad_batches={ACCUMULATE}",
            "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-           "--model.lora_dropout=0", "--model.warmup_steps=2", "--checkpoint.every_n_train_steps=2",
+           "--model.lora.dropout=0", "--model.schedule.warmup_steps=2", "--checkpoint.every_n_train_steps=2",
            "--checkpoint.save_top_k=-1",  # keep step 2's checkpoint: the resume tests start from it
            f"--checkpoint.dirpath={root / 'ckpt'}", f"--trainer.logger.init_args.save_dir={root / 'tb'}",
            "--trainer.logger.init_args.name=run",

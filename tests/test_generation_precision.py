@@ -6,15 +6,17 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
+from nlicot.args import GenerationConfig, LoRAConfig
 from nlicot.corpus import load_rows
 from nlicot.generation import compute_autocast
-from nlicot.model import NLICoTModule
 from nlicot.prompt import encode_prompts
+from nlicot.sft import NLICoTModule
 
 
 def test_generation_runs_under_the_predict_autocast_wherever_it_is_called(repo):
     torch.manual_seed(0)
-    module = NLICoTModule("tiny", compute_dtype="bfloat16", max_new_tokens=6, lora_r=8, lora_alpha=16)
+    module = NLICoTModule("tiny", compute_dtype="bfloat16", generation=GenerationConfig(max_new_tokens=6),
+                          lora=LoRAConfig(r=8, alpha=16))
     module.configure_model()
     seen: list[tuple[bool, torch.dtype]] = []
     lora = next(m for n, m in module.model.named_modules() if n.endswith("q_proj.lora_A.default"))

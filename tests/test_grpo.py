@@ -15,11 +15,13 @@ import lightning as L
 import pytest
 import torch
 
+from nlicot.args import GenerationConfig, LoRAConfig, OptimConfig, ScheduleConfig
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.data import NLICoTDataModule
 from nlicot.generation import Generated
 from nlicot.grpo import (
     KL_CLAMP,
+    GRPOConfig,
     GRPOModule,
     GRPOSettingsError,
     adapter_sha256,
@@ -31,12 +33,17 @@ from nlicot.grpo import (
     reward_terms,
     shaped_advantages,
 )
-from nlicot.model import NLICoTModule
 from nlicot.prompt import encode_prompts
+from nlicot.sft import NLICoTModule
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = dict(model_name_or_path="tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4,
-             lora_alpha=8, num_generations=2, max_new_tokens=16, brevity_free_tokens=4)
+SMALL = dict(model_name_or_path="tiny", compute_dtype="float32", gradient_checkpointing=False,
+             lora=LoRAConfig(r=4, alpha=8, dropout=0.0), generation=GenerationConfig(max_new_tokens=16))
+
+
+def small_grpo(**grpo) -> GRPOModule:
+    """The tiny GRPO module of these tests (G = 2, 16 new tokens, LoRA r 4 without dropout); ``grpo`` overrides."""
+    return GRPOModule(**SMALL, grpo=GRPOConfig(**(dict(num_generations=2, brevity_free_tokens=4) | grpo)))
 
 
 # ---------------------------------------------------------------- pure functions
@@ -216,7 +223,7 @@ def test_adapter_hash_sees_any_changed_value_name_or_dtype() -> None:
 # ---------------------------------------------------------------- the module on the tiny model
 @pytest.fixture(scope="module")
 def grpo(tiny_path) -> GRPOModule:
-    module = GRPOModule(**SMALL, lora_dropout=0.0)
+    module = small_grpo()
     module.configure_model()
     return module
 
@@ -238,7 +245,7 @@ def full_forward_logps(module: GRPOModule, prompt: list[int], completion: list[i
     """Independent route: one unpadded sequence through the whole model, logits for every position."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logits = module.model(input_ids=ids).logits[0, len(prompt) - 1 : -1] / module.hparams.temperature
+        logits = module.model(input_ids=ids).logits[0, len(prompt) - 1 : -1] / module.generation.temperature
     return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
 
 
@@ -259,7 +266,7 @@ def test_completion_logps_equal_a_plain_forward_despite_left_padding(grpo, promp
 def test_kl_to_the_adapter_disabled_base_is_zero_for_a_zero_lora_and_positive_after_a_change(
     tiny_path, prompts, tokenizer
 ) -> None:
-    module = GRPOModule(**SMALL, lora_dropout=0.0)
+    module = small_grpo()
     module.configure_model()
     layout = module._layout(prompts, made_completions(tokenizer))
     mask = layout["completion_mask"]
@@ -279,7 +286,7 @@ def test_kl_to_the_adapter_disabled_base_is_zero_for_a_zero_lora_and_positive_af
 def test_kl_to_the_start_adapter_is_zero_at_the_start_and_the_swap_leaves_the_live_weights(
     tiny_path, prompts, tokenizer
 ) -> None:
-    module = GRPOModule(**SMALL, lora_dropout=0.0, kl_reference="start")
+    module = small_grpo(kl_reference="start")
     module.configure_model()
     with torch.no_grad():  # a start adapter far from the base (as an SFT adapter is)
         for name, p in module.model.named_parameters():
@@ -312,11 +319,11 @@ def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
     again = grpo.sample(rows)
     alone = grpo.sample(rows[1:])
     assert torch.equal(torch.get_rng_state(), state)  # the training streams are not disturbed
-    grpo.hparams.sample_seed = 8
+    grpo.generation.seed = 8
     try:
         other = grpo.sample(rows)
     finally:
-        grpo.hparams.sample_seed = 0
+        grpo.generation.seed = 0
     assert len(first) == 2 * len(prompts)
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
     assert [c.token_ids for c in alone] == [c.token_ids for c in first[2:]]  # not the batch, the row decides
@@ -327,31 +334,41 @@ def test_sampling_depends_on_the_seed_and_row_only(grpo, prompts) -> None:
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [({"num_generations": 1}, "model.num_generations=1 must be >= 2"),
-     ({"clip_epsilon": 0.0}, "model.clip_epsilon=0.0 must be > 0"),
-     ({"kl_coef": -0.1}, "model.kl_coef=-0.1 must be >= 0"),
-     ({"kl_reference": "sft"}, "model.kl_reference='sft' must be one of base, start"),
-     ({"brevity_free_tokens": 16}, "model.brevity_free_tokens=16 must be in [0, model.max_new_tokens=16)"),
-     ({"scale_rewards": "std"}, "model.scale_rewards='std' must be one of group, batch, none"),
-     ({"max_refills": -1}, "model.max_refills=-1 must be >= 0")],
+    [({"num_generations": 1}, "model.grpo.num_generations=1 must be >= 2"),
+     ({"clip_epsilon": 0.0}, "model.grpo.clip_epsilon=0.0 must be > 0"),
+     ({"kl_coef": -0.1}, "model.grpo.kl_coef=-0.1 must be >= 0"),
+     ({"brevity_free_tokens": 16},
+      "model.grpo.brevity_free_tokens=16 must be in [0, model.generation.max_new_tokens=16)"),
+     ({"max_refills": -1}, "model.grpo.max_refills=-1 must be >= 0")],
 )
 def test_bad_settings_are_refused_before_the_model_loads(override, message) -> None:
-    module = GRPOModule(**(SMALL | override))
+    module = small_grpo(**override)
     with pytest.raises(GRPOSettingsError) as err:
         module.setup("fit")
     assert message in str(err.value)
     assert module.model is None
 
 
+def test_a_kl_reference_outside_its_choices_is_one_error_line_at_parse_time(capsys) -> None:
+    """``kl_reference`` is typed (Literal): jsonargparse refuses it with the dotted key, as it does SFT's settings."""
+    from nlicot.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(REPO / "configs/grpo.yaml"), "--model.grpo.kl_reference=sft", "--print_config"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2
+    assert len(errors) == 1 and 'Parser key "model.grpo.kl_reference"' in errors[0] and "sft" in errors[0], errors
+
+
 @pytest.mark.slow
 def test_cli_prints_one_error_line_for_g_below_two(tmp_path) -> None:
     cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs/grpo.yaml"),
-           "--model.num_generations=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+           "--model.grpo.num_generations=1", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
            f"--trainer.logger.init_args.save_dir={tmp_path / 'tb'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(errors) == 1 and "model.num_generations=1 must be >= 2" in errors[0]
+    assert len(errors) == 1 and "model.grpo.num_generations=1 must be >= 2" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ckpt").exists()
 
@@ -365,8 +382,9 @@ def sft_run(tmp_path_factory, tiny_path) -> Path:
     root = tmp_path_factory.mktemp("sft")
     L.seed_everything(0)
     dm = NLICoTDataModule(train_path=str(REPO / "data/demo/train.jsonl"), micro_batch_size=4)
-    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4, lora_alpha=8,
-                         target_modules=["q_proj", "v_proj"], learning_rate=5e-2, warmup_steps=0, optimizer="adamw")
+    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False,
+                         lora=LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+                         optim=OptimConfig(name="adamw", learning_rate=5e-2), schedule=ScheduleConfig(warmup_steps=0))
     ckpt = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, max_steps=2,
                         enable_model_summary=False, use_distributed_sampler=False, callbacks=[ckpt, AdapterExport()],
@@ -379,7 +397,8 @@ def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
     saved = torch.load(sft_run / "last.ckpt", weights_only=True)["state_dict"]
     loaded = {}
     for start in (sft_run / "last.ckpt", sft_run / "adapter"):
-        module = GRPOModule(**(SMALL | {"lora_r": 32, "adapter_path": str(start), "kl_reference": "start"}))
+        module = GRPOModule(**(SMALL | {"lora": LoRAConfig(r=32), "adapter_path": str(start)}),
+                            grpo=GRPOConfig(num_generations=2, brevity_free_tokens=4, kl_reference="start"))
         module.configure_model()  # the adapter's own r wins
         state = module.adapter_state_dict()
         assert state.keys() == saved.keys() == module._start_weights.keys()
@@ -391,10 +410,10 @@ def test_starts_from_an_sft_adapter_folder_or_checkpoint_alike(sft_run) -> None:
 
 
 # ---------------------------------------------------------------- slow: a real run, killed and resumed
-FAST = ["--model.max_new_tokens=24", "--model.brevity_free_tokens=8", "--model.num_generations=4",
+FAST = ["--model.generation.max_new_tokens=24", "--model.grpo.brevity_free_tokens=8", "--model.grpo.num_generations=4",
         "--data.micro_batch_size=2", "--trainer.limit_val_batches=0",
-        "--checkpoint.every_n_train_steps=2", "--model.learning_rate=1e-2", "--model.warmup_steps=2",
-        "--model.kl_coef=0.05", "--model.kl_reference=start", "--trainer.enable_progress_bar=false"]
+        "--checkpoint.every_n_train_steps=2", "--model.optim.learning_rate=1e-2", "--model.schedule.warmup_steps=2",
+        "--model.grpo.kl_coef=0.05", "--model.grpo.kl_reference=start", "--trainer.enable_progress_bar=false"]
 
 
 def grpo_cmd(root: Path, adapter: Path, *extra: str) -> list[str]:

@@ -21,6 +21,7 @@ from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 from nlicot import attention
+from nlicot.args import LoRAConfig
 from nlicot.attention import (
     VARLEN_KEYS,
     PackingIsolationError,
@@ -29,9 +30,9 @@ from nlicot.attention import (
     without_isolation,
 )
 from nlicot.corpus import load_rows
-from nlicot.model import NLICoTModule
 from nlicot.packing import IGNORE_INDEX, Example, collate_packs
 from nlicot.prompt import encode_answers, encode_prompts
+from nlicot.sft import NLICoTModule
 
 #: "flash" in the name: transformers treats it as a flash-attention implementation (``is_flash_attention_requested``)
 REFERENCE = "flash_attention_cpu_reference"
@@ -102,7 +103,7 @@ def examples(repo, tokenizer) -> list[Example]:
 def per_token_losses(module: NLICoTModule, batch: dict, inputs: dict | None = None) -> torch.Tensor:
     """Per-position CE (B×(L-1)) with the module's own isolating inputs, or ``inputs`` instead."""
     base = module.model.get_base_model()
-    inputs = module._attention_inputs(batch) if inputs is None else inputs
+    inputs = module.decoder_inputs(batch) if inputs is None else inputs
     hidden = base.get_decoder()(input_ids=batch["input_ids"], **inputs).last_hidden_state
     logits = base.get_output_embeddings()(hidden[:, :-1]).float()
     return F.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none", ignore_index=IGNORE_INDEX)
@@ -111,7 +112,7 @@ def per_token_losses(module: NLICoTModule, batch: dict, inputs: dict | None = No
 def make_module(attn: str, model: str = "tiny") -> NLICoTModule:
     torch.manual_seed(0)
     module = NLICoTModule(model, attn_implementation=attn, compute_dtype="float32", gradient_checkpointing=False,
-                          lora_r=8, lora_alpha=16, lora_dropout=0.0)
+                          lora=LoRAConfig(r=8, alpha=16, dropout=0.0))
     module.configure_model()
     with torch.no_grad():  # a non-trivial adapter, so LoRA layers take part in the comparison
         for name, p in module.model.named_parameters():
@@ -122,7 +123,7 @@ def make_module(attn: str, model: str = "tiny") -> NLICoTModule:
 
 def gap(module: NLICoTModule, packs: list[list[Example]], pad: int) -> tuple[float, float]:
     def losses(batch: dict, isolate: bool) -> torch.Tensor:
-        inputs = module._attention_inputs(batch)
+        inputs = module.decoder_inputs(batch)
         return per_token_losses(module, batch, inputs if isolate else without_isolation(inputs))
 
     return isolation_gap(losses, packs, pad)
@@ -152,16 +153,16 @@ def test_packed_batch_equals_examples_alone(examples, tokenizer, attn, model, re
     assert leak > 1e-2  # without isolation the later examples' losses change: the comparison can see a leak
     if ref is not None:
         assert "dense" in ref.calls  # positions only at batch 2: transformers ran plain causal flash over each row
-        per_token_losses(module, batch, without_isolation(module._attention_inputs(batch)))
+        per_token_losses(module, batch, without_isolation(module.decoder_inputs(batch)))
         with pytest.raises(PackingIsolationError, match="examples would leak"):
-            module._check_isolation()  # the check that runs on every packed step refuses what the decoder just saw
+            module.check_isolation()  # the check that runs on every packed step refuses what the decoder just saw
 
 
 def test_flash_with_positions_only_is_refused_at_the_step(examples, tokenizer, reference_flash):
     """A batch whose varlen boundaries were lost on the way (e.g. a column filter) stops training."""
     module = make_module(REFERENCE).train()
     batch = collate_packs([examples[:3], examples[3:]], tokenizer.pad_token_id)
-    module._attention_inputs = lambda b: without_isolation(attention.attention_inputs(b, REFERENCE, torch.float32))
+    module.decoder_inputs = lambda b: without_isolation(attention.attention_inputs(b, REFERENCE, torch.float32))
     with pytest.raises(PackingIsolationError, match=REFERENCE):
         module.training_step(batch, 0)
 

@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--trainer.enable_progress_bar=false"]
-GRPO_FAST = ["--model.max_new_tokens=24", "--model.brevity_free_tokens=8", "--model.num_generations=4",
-             "--data.micro_batch_size=2", "--checkpoint.every_n_train_steps=2", "--model.warmup_steps=1",
-             "--model.learning_rate=1e-2", "--model.max_refills=2"]
+GRPO_FAST = ["--model.generation.max_new_tokens=24", "--model.grpo.brevity_free_tokens=8", "--model.grpo.num_generations=4",
+             "--data.micro_batch_size=2", "--checkpoint.every_n_train_steps=2", "--model.schedule.warmup_steps=1",
+             "--model.optim.learning_rate=1e-2", "--model.grpo.max_refills=2"]
 
 
 def fit(config: str, root: Path, *extra: str) -> subprocess.CompletedProcess:

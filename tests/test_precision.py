@@ -6,17 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nlicot.model
+import nlicot.lora
+from nlicot.args import LoRAConfig
 from nlicot.corpus import load_rows
-from nlicot.model import NLICoTModule
 from nlicot.packing import Example, collate_packs
 from nlicot.precision import keep_compute_dtype
 from nlicot.prompt import encode_answers, encode_prompts
+from nlicot.sft import NLICoTModule
 
 
 def loaded(model: str, dtype: str) -> NLICoTModule:
     torch.manual_seed(0)
-    module = NLICoTModule(model, compute_dtype=dtype, lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    module = NLICoTModule(model, compute_dtype=dtype, lora=LoRAConfig(r=8, alpha=16, dropout=0.0))
     module.configure_model()
     return module.train()
 
@@ -42,7 +43,7 @@ def test_bf16_model_keeps_bf16_layers_and_activations_and_trains(batch):
     floats = {n: d for n, d in frozen.items() if "embed_tokens" in n or "lm_head" in n or "norm" in n}
     assert floats and set(floats.values()) == {torch.bfloat16}  # prepare_model_for_kbit_training made them fp32
     assert {p.dtype for p in module.parameters() if p.requires_grad} == {torch.float32}  # the adapter stays fp32
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], **module._attention_inputs(batch)).last_hidden_state
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], **module.decoder_inputs(batch)).last_hidden_state
     assert hidden.dtype == torch.bfloat16
     loss = mean_loss(module, batch)
     loss.backward()
@@ -56,7 +57,7 @@ def test_lean_loss_matches_the_fp32_upcast_model(batch, monkeypatch):
     with torch.no_grad():
         lean = mean_loss(loaded("tiny-nli", "bfloat16"), batch).item()
         reference = mean_loss(loaded("tiny-nli", "float32"), batch).item()
-        monkeypatch.setattr(nlicot.model, "keep_compute_dtype", lambda model, dtype: [])
+        monkeypatch.setattr(nlicot.lora, "keep_compute_dtype", lambda model, dtype: [])
         upcast = mean_loss(loaded("tiny-nli", "bfloat16"), batch).item()
     assert abs(lean - upcast) < 5e-3
     assert abs(lean - upcast) < abs(upcast - reference)

@@ -36,7 +36,7 @@ def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
                       "Cats rest.,1\na,Rain.,It is dry.,0\nc,Short.,No label here.,\n")
     out = tmp_path / "out"
     proc = cli("predict", "--config", "configs/demo_handwritten.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
-               f"--data.predict_path={inputs}", f"--predictions.output_dir={out}", "--model.max_new_tokens=12",
+               f"--data.predict_path={inputs}", f"--predictions.output_dir={out}", "--model.generation.max_new_tokens=12",
                "--data.predict_batch_size=2", "--trainer.enable_progress_bar=false")
     recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == ["b", "a", "c"]  # input order, although batches were length-sorted
@@ -55,7 +55,7 @@ def test_predict_writes_ordered_records_and_metrics(trained, tmp_path):
 @pytest.mark.slow
 def test_validate_logs_generation_metrics(trained, tmp_path):
     cli("validate", "--config", "configs/demo_handwritten.yaml", f"--ckpt_path={trained / 'ckpt' / 'last.ckpt'}",
-        "--generation_eval.rows=4", "--model.max_new_tokens=8", "--trainer.enable_progress_bar=false",
+        "--generation_eval.rows=4", "--model.generation.max_new_tokens=8", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

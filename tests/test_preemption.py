@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 STEPS, VAL_AFTER = 10, 7
 RUN = [f"--trainer.max_steps={STEPS}", "--checkpoint.every_n_train_steps=3", "--trainer.limit_val_batches=1.0",
        "--trainer.check_val_every_n_epoch=1", f"--trainer.val_check_interval={2 * VAL_AFTER}",
-       "--generation_eval.rows=2", "--model.max_new_tokens=64"]
+       "--generation_eval.rows=2", "--model.generation.max_new_tokens=64"]
 ENV = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
 

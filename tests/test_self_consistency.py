@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from nlicot.evaluation import records, update_metrics
 from nlicot.generation import (
     Chains,
     Generated,
@@ -28,6 +27,7 @@ from nlicot.metrics import (
     reliability_bins,
     scalar_metrics,
 )
+from nlicot.predictions import records, update_metrics
 from nlicot.prompt import encode_prompts
 from nlicot.voting import majority_vote
 
@@ -305,8 +305,8 @@ def test_predict_cli_writes_chains_vote_confidence_and_figures(repo, tmp_path) -
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "nlicot", "predict", "--config", "configs/demo_handwritten.yaml", f"--data.predict_path={inputs}",
-         f"--predictions.output_dir={out}", "--model.max_new_tokens=6", "--model.num_samples=3",
-         "--model.temperature=1.0", "--trainer.enable_progress_bar=false"],
+         f"--predictions.output_dir={out}", "--model.generation.max_new_tokens=6", "--model.generation.num_samples=3",
+         "--model.generation.temperature=1.0", "--trainer.enable_progress_bar=false"],
         capture_output=True, text=True, cwd=repo, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -330,7 +330,7 @@ def test_validate_logs_vote_metrics_and_figures(repo, tmp_path) -> None:
     """Generation evaluation with k = 2 puts the vote's scores and figures into TensorBoard."""
     proc = subprocess.run(
         [sys.executable, "-m", "nlicot", "validate", "--config", "configs/demo_handwritten.yaml",
-         "--generation_eval.rows=3", "--model.max_new_tokens=4", "--model.num_samples=2",
+         "--generation_eval.rows=3", "--model.generation.max_new_tokens=4", "--model.generation.num_samples=2",
          "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
          f"--trainer.logger.init_args.save_dir={tmp_path}"],
         capture_output=True, text=True, cwd=repo, timeout=600, check=False,

@@ -15,14 +15,16 @@ import lightning as L
 import pytest
 import torch
 
+from nlicot.args import LoRAConfig, OptimConfig, ScheduleConfig
 from nlicot.checkpointing import AtomicCheckpointIO
 from nlicot.data import NLICoTDataModule
-from nlicot.model import NLICoTModule, NonFiniteLossError
+from nlicot.lora import NonFiniteLossError
+from nlicot.sft import NLICoTModule
 
 REPO = Path(__file__).resolve().parents[1]
 # Small, quick and still mid-epoch: 42 packed rows / micro-batch 2 = 21 micro-batches, 11 optimizer steps an epoch.
 FAST = ["--data.micro_batch_size=2", "--trainer.accumulate_grad_batches=2", "--trainer.limit_val_batches=0",
-        "--checkpoint.every_n_train_steps=2", "--model.warmup_steps=3", "--trainer.enable_progress_bar=false"]
+        "--checkpoint.every_n_train_steps=2", "--model.schedule.warmup_steps=3", "--trainer.enable_progress_bar=false"]
 
 
 def fit_cmd(root: Path, *extra: str) -> list[str]:
@@ -184,8 +186,9 @@ def step_gradients(tmp_path: Path, micro: int, accumulate: int) -> dict[str, tor
     capture = GradCapture()
     dm = NLICoTDataModule(train_path=str(REPO / "data/demo/train.jsonl"), micro_batch_size=micro,
                           group_by_length=False)
-    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4, lora_alpha=8,
-                         lora_dropout=0.0, warmup_steps=0, optimizer="adamw")
+    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False,
+                         lora=LoRAConfig(r=4, alpha=8, dropout=0.0), schedule=ScheduleConfig(warmup_steps=0),
+                         optim=OptimConfig(name="adamw"))
     t = trainer(tmp_path, accumulate, max_steps=1, callbacks=[capture], enable_checkpointing=False)
     t.fit(model, dm)
     return capture.grads
@@ -214,8 +217,8 @@ def test_nan_loss_stops_with_usable_checkpoint(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     dm = NLICoTDataModule(train_path=str(REPO / "data/demo/train.jsonl"), micro_batch_size=4)
-    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora_r=4, lora_alpha=8,
-                         warmup_steps=0, optimizer="adamw")
+    model = NLICoTModule("tiny", compute_dtype="float32", gradient_checkpointing=False, lora=LoRAConfig(r=4, alpha=8),
+                         schedule=ScheduleConfig(warmup_steps=0), optim=OptimConfig(name="adamw"))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=1, save_last=True)
     t = trainer(tmp_path, 1, max_steps=10, callbacks=[ckpt, PoisonAfter(3)])
     with pytest.raises(NonFiniteLossError, match="loss is nan at optimizer step 3"):
@@ -262,6 +265,6 @@ def test_checkpoint_of_mistral_7b_adapter_is_about_100_mb():
 def test_model_does_not_import_the_data_module():
     """The module is model, loss, optimizer and checkpoint slimming: data reports and evaluation rows come
     through callbacks (nlicot/callbacks.py), so importing the model never pulls in the data pipeline."""
-    code = "import sys, nlicot.model; assert 'nlicot.data' not in sys.modules, sorted(sys.modules)"
+    code = "import sys, nlicot.sft; assert 'nlicot.data' not in sys.modules, sorted(sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,14 +1,15 @@
-"""Generation-based evaluation: prompts → CoT → parsed labels → records, NLI metrics, files, TensorBoard.
+"""Prediction records: prompts → CoT → parsed labels → records, their NLI metrics, files and TensorBoard entries.
 
-Used by ``predict`` (every input row, written to ``predictions.jsonl`` + ``metrics.json`` + figures) and by
-``validate`` / ``test`` / end-of-validation in ``fit`` when ``model.generation_eval`` asks for it
-(``val/accuracy``, ``val/f1``, ``val/parse_rate``, … and a few sample thoughts as TensorBoard text).
+Records come from ``LoRAModule.predict_records`` (nlicot/lora.py). ``predict`` writes every input row's record
+(:class:`PredictionWriter`: ``predictions.jsonl`` + ``metrics.json`` + figures); the generation evaluation at the
+end of validation / test (``GenerationEval`` in nlicot/callbacks.py, config key ``generation_eval.rows``) logs
+their metrics (``val/accuracy``, ``val/f1``, ``val/parse_rate``, … and a few sample thoughts as TensorBoard text).
 
-A record is one greedy chain (``model.num_samples: 1``) or a self-consistency vote over k sampled chains: then
-``predicted_label`` is the vote, ``confidence`` the agreement, ``votes`` the counts, ``chains`` every chain
-(thought, label, parse flag, mean log-probability, raw text), ``greedy`` the greedy reference chain when one was
-decoded (``model.greedy_reference``), and the top-level thought / raw text are the representative chain's
-(``representative_chain``, see ``nlicot/voting.py``).
+A record is one greedy chain (``model.generation.num_samples: 1``) or a self-consistency vote over k sampled
+chains: then ``predicted_label`` is the vote, ``confidence`` the agreement, ``votes`` the counts, ``chains`` every
+chain (thought, label, parse flag, mean log-probability, raw text), ``greedy`` the greedy reference chain when one
+was decoded (``model.generation.greedy_reference``), and the top-level thought / raw text are the representative
+chain's (``representative_chain``, see ``nlicot/voting.py``).
 """
 
 from __future__ import annotations
