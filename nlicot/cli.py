@@ -21,10 +21,9 @@ What this adds to plain LightningCLI, and why:
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from jsonargparse import Namespace
@@ -42,6 +41,7 @@ from nlicot.hub import UnknownModelError
 from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
 from nlicot.prompt import TemplateTokenError
+from nlicot.terse_errors import TerseErrors
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
 ARCHITECTURE_KEYS = ("model_name_or_path", "quantization", "double_quant", "lora_r", "lora_alpha", "target_modules")
@@ -55,23 +55,8 @@ class UsageError(RuntimeError):
     """A command that would lose work or do nothing; the message says what to do instead."""
 
 
-class TerseArgumentParser(LightningArgumentParser):
-    """jsonargparse prints a command's whole usage (~70 lines for ``fit``) in front of a bad setting's message, so
-    the one line that names the key and the value scrolls away; here the message and the ``--help`` tip are all."""
-
-    def print_usage(self, file: Any = None) -> None:
-        """Only reached from ``error``: ``--help`` prints the full help through ``print_help``."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """One line: the key, then the reason. A bad value inside ``model:`` / ``data:`` (subclass mode) comes
-        wrapped in a 10-line report of the union of classes it was tried against; keep its innermost reason under
-        the dotted key the user typed."""
-        keys = re.findall(r'Parser key "([^"]+)":', message)
-        reason = message.rsplit(f'Parser key "{keys[-1]}":', 1)[1].split("\n") if keys else []
-        reason = [line.strip() for line in reason if line.strip()]
-        if reason and (len(keys) == 1 or "Union subtypes" in message):
-            message = f'Parser key "{".".join(keys)}": {reason[0]}'
-        super().error(message, ex)
+class TerseArgumentParser(TerseErrors, LightningArgumentParser):
+    """LightningCLI's parser with one-line errors (see ``nlicot.terse_errors``)."""
 
 
 class NLICoTCLI(LightningCLI):
