@@ -10,33 +10,31 @@ command; 4 finished with failed rows.
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
 import os
 import sys
+from argparse import ArgumentError
 from collections.abc import Callable
 from typing import Any
 
-from data_gen.config import parse_config
+from jsonargparse import ArgumentParser
+
+from data_gen import pipeline
+from data_gen.config import config_parser, field_docstrings, parse_command
 from data_gen.errors import EXIT_USAGE, DataGenError, RequestFailed, redact
+from data_gen.stages import build, generate, reflect, score
+from nlicot.offline import synthetic_task
 
-#: command -> (module, config dataclass, entry point ``f(config) -> exit status``); imported only when run.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("data_gen.stages.generate", "GenerateConfig", "main"),
-    "reflect": ("data_gen.stages.reflect", "ReflectConfig", "main"),
-    "score": ("data_gen.stages.score", "ScoreConfig", "main"),
-    "build": ("data_gen.stages.build", "BuildConfig", "main"),
-    "run": ("data_gen.pipeline", "PipelineConfig", "run"),
-    "synth": ("nlicot.offline.synthetic_task", "SynthConfig", "run"),
+PROG = "python -m data_gen"
+#: command -> (config dataclass, entry point ``f(config) -> exit status``).
+COMMANDS: dict[str, tuple[type, Callable[[Any], int]]] = {
+    "generate": (generate.GenerateConfig, generate.main),
+    "reflect": (reflect.ReflectConfig, reflect.main),
+    "score": (score.ScoreConfig, score.main),
+    "build": (build.BuildConfig, build.main),
+    "run": (pipeline.PipelineConfig, pipeline.run),
+    "synth": (synthetic_task.SynthConfig, synthetic_task.run),
 }
-
-
-def command(name: str) -> tuple[type, Callable[[Any], int]]:
-    """The config class and entry point of one command."""
-    module_name, config_name, entry = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), getattr(module, entry)
 
 
 class RedactSecrets(logging.Filter):
@@ -78,36 +76,43 @@ def _secrets(config: Any) -> set[str]:
     return {os.environ[n] for n in names if n and os.environ.get(n)}
 
 
-def _commands_parser() -> argparse.ArgumentParser:
-    """``python -m data_gen --help``: the commands and what each does (its config's first docstring line)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m data_gen",
+def commands_parser() -> ArgumentParser:
+    """``python -m data_gen``: one subcommand per command (its help: its config's first docstring line), each with
+    its config's flags; build it inside ``field_docstrings()``."""
+    parser = ArgumentParser(
+        prog=PROG,
         description="The Reflection-CoT corpus pipeline on the Mistral API: generate -> reflect -> [score] -> build, "
         "or all of them with `run`.",
-        epilog="Each command: --config FILE (YAML) and/or one flag per key; see `python -m data_gen <command> --help`.",
+        epilog=f"Each command: --config FILE (YAML) and/or one flag per key; see `{PROG} <command> --help`.",
+        exit_on_error=False,
+        allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for name in COMMANDS:
-        sub.add_parser(name, help=(command(name)[0].__doc__ or "").split("\n")[0])
+    subcommands = parser.add_subcommands()
+    for name, (cls, _) in COMMANDS.items():
+        command = config_parser(cls, f"{PROG} {name}")
+        subcommands.add_subcommand(name, command, help=(cls.__doc__ or "").split("\n")[0])
+        command.prog = f"{PROG} {name}"  # add_subcommand's is "python -m data_gen [options] name"
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        try:
-            _commands_parser().parse_args(argv[:1])
-        except SystemExit as e:
-            return int(e.code or 0)
-    name, rest = argv[0], argv[1:]
+    name = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        cls, run = command(name)
-        config, verbose = parse_config(cls, rest, prog=f"python -m data_gen {name}")
+        with field_docstrings():
+            parser = commands_parser()
+            if name is None:  # --help, or no / an unknown command
+                parser.parse_args(argv[:1])
+            cls, run = COMMANDS[name]
+            config, verbose = parse_command(parser, cls, argv[1:], command=name)
         _setup_logging(verbose)
         _redactor.secrets |= _secrets(config)
         return run(config)
     except SystemExit as e:  # --help, --print_config
         return int(e.code or 0)
+    except ArgumentError as e:  # no command or an unknown one
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (DataGenError, RequestFailed) as e:
         print(f"error: {_redactor.redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE

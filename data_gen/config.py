@@ -27,6 +27,7 @@ import yaml
 from jsonargparse import ArgumentParser, set_parsing_settings
 
 from data_gen.errors import ConfigError
+from nlicot.terse_errors import one_line
 
 log = logging.getLogger(__name__)
 SERVER_URL_ENV = "MISTRAL_SERVER_URL"
@@ -176,7 +177,7 @@ class ApiStageConfig:
         try:
             return parser.instantiate(parser.parse_object({"prices": read_yaml(self.prices)})).prices
         except (ArgumentError, ValueError, TypeError) as e:
-            raise ConfigError(f"{self.prices}: {_detail(e)}") from None
+            raise ConfigError(f"{self.prices}: {one_line(str(e))[1]}") from None
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -215,27 +216,13 @@ def check_keys(cls: type, values: Any, where: str, extra: tuple[str, ...] = ()) 
             check_keys(nested[0], value, f"{where}: {key}")
 
 
-def _detail(error: BaseException) -> str:
-    """jsonargparse's multi-line message as one line: the innermost reason, e.g. ``expected int, got 'x'``."""
-    text = re.sub(r'Parser key "[^"]+":\s*', "", str(error))
-    items = re.findall(r"^( *)- (.+(?:\n\1 +(?!- )\S.*)*)", text, re.M)  # a Union's per-member errors: the first
-    reason = " ".join((items[0][1] if items else text).split())
-    given = re.search(r"^\s*Given value: (.*)$", text, re.M)
-    if given and re.fullmatch(r"Expected a <class '\w+'>", reason):  # a Union names the value once, at the end
-        reason += f". Got value: {given.group(1)}"
-    return re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, got '\2'", reason)
-
-
 def error_line(error: ArgumentError, flags: dict[str, str], source: str) -> str:
     """Where a jsonargparse error came from (the flag as typed, else the config file) and why, on one line."""
     unknown = re.match(r"unrecognized arguments: (.*)", str(error))
     if unknown:  # the flags only: a mistyped secret's value is not echoed
         return f"unknown flag(s) {' '.join(a for a in unknown.group(1).split() if a.startswith('-'))}; see --help"
-    match = re.match(r'Parser key "([^"]+)":', str(error))
-    if match is None:
-        return str(error).splitlines()[0]
-    key = match.group(1)
-    return f"{flags[key] if key in flags else f'{source}: {key}'}: {_detail(error)}"
+    key, reason = one_line(str(error))
+    return reason if key is None else f"{flags[key] if key in flags else f'{source}: {key}'}: {reason}"
 
 
 def flag_keys(argv: list[str]) -> dict[str, str]:
@@ -281,7 +268,7 @@ def _bool_keys(cls: type, prefix: str = "") -> set[str]:
 
 
 @contextmanager
-def _field_docstrings() -> Iterator[None]:
+def field_docstrings() -> Iterator[None]:
     """Field docstrings become ``--help`` while our parser is built and used, and only then: the setting is
     process-wide, and left on it makes every other jsonargparse parser in the process (LightningCLI's, measured
     1.7 s -> 9.9 s for ``nlicot fit --print_config``) slower to build."""
@@ -305,7 +292,8 @@ def _parser_class(prog: str | None) -> type[ArgumentParser]:
 
 
 def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
-    """``--config FILE``, ``--print_config`` and one flag per field of ``cls`` (dotted for nested configs)."""
+    """``--config FILE``, ``--print_config`` and one flag per field of ``cls`` (dotted for nested configs); build
+    it inside ``field_docstrings()``."""
     parser = _parser_class(prog)(description=cls.__doc__, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action="config", help="YAML file with any of the keys below")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (retries, each poll)")
@@ -314,8 +302,15 @@ def config_parser(cls: type, prog: str | None = None) -> ArgumentParser:
 
 
 def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[Any, bool]:
-    """``cls`` from command-line arguments (``--config FILE`` and flags), the environment, then ``check()``;
-    and whether ``--verbose`` was asked for."""
+    """``cls`` from the command-line arguments of its own parser (see ``parse_command``)."""
+    with field_docstrings():
+        return parse_command(config_parser(cls, prog), cls, argv)
+
+
+def parse_command(parser: ArgumentParser, cls: type, argv: list[str], command: str | None = None) -> tuple[Any, bool]:
+    """``cls`` from command-line arguments (``--config FILE`` and flags), the environment, then ``check()``; and
+    whether ``--verbose`` was asked for. ``parser`` is ``cls``'s own, or one with ``cls``'s as subcommand
+    ``command``; call it inside ``field_docstrings()`` (the help of an optional nested config is built when asked)."""
     flags = flag_keys(argv)  # as typed, before normalising: "--max-tokens abc" is named as "--max-tokens"
     argv = normalise_flags(argv, cls)
     files = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == "--config"]
@@ -326,21 +321,19 @@ def parse_config(cls: type, argv: list[str], prog: str | None = None) -> tuple[A
             check_keys(cls, loaded, str(path), extra=("verbose",))
     source = ", ".join(map(str, files)) or "config"
     try:
-        with _field_docstrings():  # also for the help of an optional nested config, built when asked for
-            parser = config_parser(cls, prog)
-            ns = parser.parse_args(argv)
-        values = parser.instantiate(ns)
+        values = parser.instantiate(parser.parse_args([command, *argv] if command else argv))
+        values = values[command] if command else values
         config = cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
     except ArgumentError as e:
         raise ConfigError(error_line(e, flags, source)) from None
     except (TypeError, ValueError) as e:  # __post_init__ of a nested value refused it
-        raise ConfigError(f"{source}: {_detail(e)}") from None
+        raise ConfigError(f"{source}: {one_line(str(e))[1]}") from None
     _server_url_from_env(config, flags)
     try:
         getattr(config, "check", lambda: None)()  # a config without cross-field rules has no check()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return config, bool(ns.verbose)
+    return config, bool(values["verbose"])
 
 
 def _server_url_from_env(config: Any, flags: dict[str, str], prefix: str = "") -> None:

@@ -46,6 +46,7 @@ from nlicot.packing import ResumeMismatchError
 from nlicot.predictions import PredictionWriter
 from nlicot.preemption import Preemption
 from nlicot.prompt import TemplateTokenError
+from nlicot.terse_errors import TerseErrors
 
 #: Flat model keys of earlier releases → their key in the typed groups (nlicot/args.py, nlicot/grpo.py).
 RENAMED = {
@@ -69,27 +70,16 @@ class UsageError(RuntimeError):
     """A command that would lose work or do nothing; the message says what to do instead."""
 
 
-class TerseArgumentParser(LightningArgumentParser):
-    """jsonargparse prints a command's whole usage (~70 lines for ``fit``) in front of a bad setting's message, so
-    the one line that names the key and the value scrolls away; here the message and the ``--help`` tip are all."""
-
-    def print_usage(self, file: Any = None) -> None:
-        """Only reached from ``error``: ``--help`` prints the full help through ``print_help``."""
+class TerseArgumentParser(TerseErrors, LightningArgumentParser):
+    """LightningCLI's parser with one-line errors (see ``nlicot.terse_errors``); a flat model key of an earlier
+    release names its new key (:data:`RENAMED`)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """One line: the key, then the reason. A bad value inside ``model:`` / ``data:`` (subclass mode) comes
-        wrapped in a 10-line report of the union of classes it was tried against; keep its innermost reason under
-        the dotted key the user typed. A flat model key of an earlier release names its new key (:data:`RENAMED`)."""
         unknown = re.findall(r"Option '([\w.]+)' is not accepted", message)
-        if unknown and "Parser key \"model" in message:
+        if unknown and 'Parser key "model' in message:
             old = unknown[-1]
             why = f"renamed to model.{RENAMED[old]}" if old in RENAMED else "no such key (--help lists them)"
             message = f'Parser key "model.{old}": {why}'
-        keys = re.findall(r'Parser key "([^"]+)":', message)
-        reason = message.rsplit(f'Parser key "{keys[-1]}":', 1)[1].split("\n") if keys else []
-        reason = [line.strip() for line in reason if line.strip()]
-        if reason and (len(keys) == 1 or "Union subtypes" in message):
-            message = f'Parser key "{".".join(keys)}": {reason[0]}'
         super().error(message, ex)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_gen.cli import COMMANDS, command
+from data_gen.cli import COMMANDS
 from data_gen.config import ApiStageConfig, Price, load_config
 from data_gen.errors import ConfigError
 from data_gen.stages.generate import GenerateConfig
@@ -24,7 +24,7 @@ def test_there_is_a_yaml_for_every_stage():
 
 @pytest.mark.parametrize("path", STAGE_YAMLS, ids=lambda p: p.stem)
 def test_every_stage_yaml_loads_and_starts_with_its_launch_command(path):
-    config = load_config(command(path.stem)[0], path, {})
+    config = load_config(COMMANDS[path.stem][0], path, {})
     first = path.read_text().splitlines()[0]
     assert first == f"# python -m data_gen {path.stem} --config configs/data_gen/{path.name}"
     if isinstance(config, ApiStageConfig):
