@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nlicot import preflight
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.corpus import CorpusError
@@ -41,6 +42,7 @@ from nlicot.grpo import GRPOSettingsError
 from nlicot.hub import UnknownModelError
 from nlicot.model import CheckpointMismatchError, NLICoTModule, NonFiniteLossError, PackingIsolationError
 from nlicot.packing import ResumeMismatchError
+from nlicot.preflight import PreflightError
 from nlicot.prompt import TemplateTokenError
 
 #: Model arguments a checkpoint fixes: its adapter only fits this base and this LoRA shape.
@@ -121,6 +123,7 @@ class NLICoTCLI(LightningCLI):
             for key in ARCHITECTURE_KEYS:
                 if key in saved:
                     config.model.init_args[key] = saved[key]
+        preflight.check(subcommand, config)  # accelerator, corpus files, model reachable: one error line, nothing loaded
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
@@ -201,6 +204,6 @@ def main(args: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(EXIT_SIGTERM) from None
     except (CorpusError, CheckpointMismatchError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError,
-            UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError) as e:
+            UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None
