@@ -30,9 +30,9 @@ class PreflightError(RuntimeError):
 def check(subcommand: str, config: Any) -> None:
     """Run the three checks on a subcommand's parsed config (LightningCLI's namespace), first failure raised."""
     check_accelerator(config.trainer.get("accelerator"), config.trainer.get("devices"))
-    data = config.data.get("init_args", config.data)
+    data = config.data.get("init_args") or config.data
     check_corpus({split: data.get(f"{split}_path") for split in STAGE_SPLITS.get(subcommand, ())})
-    model = config.model.get("init_args", config.model)
+    model = config.model.get("init_args") or config.model
     check_model(model.get("model_name_or_path"))
 
 
