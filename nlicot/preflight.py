@@ -73,10 +73,14 @@ def check_model(name: str | None) -> None:
     """The base model can be loaded: an offline name, a GGUF file, a folder with ``config.json``, or a hub id that
     is cached or reachable (and not gated for this user)."""
     from nlicot import gguf
-    from nlicot.hub import offline_models
+    from nlicot.hub import UnknownModelError, check_offline_name, offline_models
 
     if not name or name in offline_models():
         return
+    try:
+        check_offline_name(name)
+    except UnknownModelError as e:
+        raise PreflightError(str(e)) from None
     if gguf.is_gguf(name):
         try:
             gguf.gguf_file(name)
