@@ -42,16 +42,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def write_adapter(pl_module: L.LightningModule, folder: Path) -> None:
-    """A self-describing PEFT adapter folder: ``PeftModel.from_pretrained(base, folder)`` loads it, and
-    ``nlicot.json`` records the base model, the hyperparameters and the prompt template it was trained with."""
+    """A self-describing PEFT adapter folder: ``PeftModel.from_pretrained(base, folder)`` loads it, its tokenizer's
+    chat template renders the training prompt, and ``nlicot.json`` records the base model, the hyperparameters and
+    the prompt it was trained with."""
     with atomic_dir(folder, replace=True) as tmp:
         pl_module.model.save_pretrained(tmp)
-        pl_module.tokenizer.save_pretrained(tmp)
+        prompt.save_tokenizer(pl_module.tokenizer, tmp)
         meta = {
             "base_model": pl_module.hparams.model_name_or_path,
             "hyperparameters": {k: v for k, v in pl_module.hparams.items()},
-            "prompt": {"instruction": prompt.INSTRUCTION, "user_template": prompt.USER_TEMPLATE,
-                       "fingerprint": prompt.template_fingerprint()},
+            "prompt": prompt.record(pl_module.tokenizer),
             "global_step": pl_module.global_step,
         }
         (tmp / "nlicot.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nlicot import preflight
 from nlicot.attention import PackingIsolationError
 from nlicot.callbacks import DataReport, GenerationEval, ThroughputLog, TrainingRNG
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO, ResumeLayout
@@ -45,6 +46,7 @@ from nlicot.lora import CheckpointMismatchError, LoRAModule, NonFiniteLossError,
 from nlicot.packing import ResumeMismatchError
 from nlicot.predictions import PredictionWriter
 from nlicot.preemption import Preemption
+from nlicot.preflight import PreflightError
 from nlicot.prompt import TemplateTokenError
 from nlicot.terse_errors import TerseErrors
 
@@ -132,6 +134,7 @@ class NLICoTCLI(LightningCLI):
             # Set in place: parse_object on a subclass-mode group without class_path resets its other init_args.
             for key, value in architecture(saved).items():
                 config.model.init_args[key] = value
+        preflight.check(subcommand, config)  # accelerator, corpus files, model reachable: one error line, nothing loaded
 
     def instantiate_trainer(self, **kwargs: Any):
         """Every run writes checkpoints atomically and exports the adapter, next to what the config adds."""
@@ -213,6 +216,6 @@ def main(args: list[str] | None = None) -> None:
         print(f"error: {e or 'stopped by SIGTERM'}; resume with --ckpt_path last", file=sys.stderr)
         raise SystemExit(EXIT_SIGTERM) from None
     except (CorpusError, CheckpointMismatchError, PackingIsolationError, NonFiniteLossError, ResumeMismatchError,
-            UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError) as e:
+            UsageError, TemplateTokenError, UnknownModelError, GRPOSettingsError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2 if not isinstance(e, NonFiniteLossError) else 1) from None

@@ -198,7 +198,7 @@ def load_split(source: str, split: str, tokenizer, settings: dict[str, Any], use
     import datasets
 
     key_src = json.dumps(
-        [CACHE_VERSION, source_fingerprint(source), tokenizer_fingerprint(tokenizer), prompt.template_fingerprint(),
+        [CACHE_VERSION, source_fingerprint(source), tokenizer_fingerprint(tokenizer), prompt.template_fingerprint(tokenizer),
          split, settings], sort_keys=True, default=str,
     )
     folder = cache_root() / "data" / hashlib.sha256(key_src.encode()).hexdigest()[:24]

@@ -4,6 +4,11 @@
 plain ``AutoModelForCausalLM`` folder + tokenizer for vLLM, TGI or llama.cpp conversion. The adapter was trained
 against the NF4-quantized base, so the merged model differs from the training-time model by the quantization
 error of the base (the usual QLoRA trade-off); ``--merge false`` writes the adapter folder only.
+
+Either folder serves the prompt it was trained on: its tokenizer's chat template renders one user turn exactly as
+:func:`nlicot.prompt.encode_prompts` does (Mistral: the ``[INST]`` format; other models: their own template), the
+generation config stops on the token the answer was trained to end with, and ``nlicot.json`` records the prompt.
+A client sends ``nlicot.prompt.user_message(premise, hypothesis)`` as the one user message.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from nlicot import prompt
 from nlicot.atomic import atomic_dir
 from nlicot.checkpointing import write_adapter
 from nlicot.sft import NLICoTModule
@@ -67,8 +73,12 @@ def export(
     with atomic_dir(out) as tmp:
         merged = module.model.merge_and_unload()
         merged.config.use_cache = True
+        # Served models stop on the generation config's EOS: make it the token the answer was trained to end with.
+        merged.generation_config.eos_token_id = prompt.end_of_answer_id(module.tokenizer)
         merged.save_pretrained(tmp)
-        module.tokenizer.save_pretrained(tmp)
+        prompt.save_tokenizer(module.tokenizer, tmp)
+        meta = {"base_model": module.hparams.model_name_or_path, "prompt": prompt.record(module.tokenizer)}
+        (tmp / "nlicot.json").write_text(json.dumps(meta, indent=2))
     return out
 
 

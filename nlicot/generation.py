@@ -39,6 +39,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from nlicot.prompt import end_of_answer_id
+
 #: Enough for ``{"thought_process": "step 1: … step 2: … step 3: …", "predicted_label": 1}`` at the corpus's
 #: longest thoughts (~250 tokens) with some slack.
 DEFAULT_MAX_NEW_TOKENS = 320
@@ -268,7 +270,7 @@ def _decode(
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
-    eos = tokenizer.eos_token_id
+    eos = end_of_answer_id(tokenizer)  # what the model was trained to end with (a chat model: its end of turn)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, eos_token_id=eos, pad_token_id=pad

