@@ -81,7 +81,8 @@ def test_cli_reports_bad_corpus_without_traceback(tmp_path, repo):
     path = write(tmp_path, [json.dumps(GOOD), json.dumps({**GOOD, "id": "b", "label": 3})])
     proc = subprocess.run(
         [sys.executable, "-m", "nlicot", "fit", "--config", str(repo / "configs/demo_handwritten.yaml"),
-         f"--data.train_path={path}", f"--checkpoint.dirpath={tmp_path / 'ck'}",
+         f"--data.train_path={path}", f"--data.val_path={repo / 'data/demo/val.jsonl'}",  # cwd is tmp_path
+         f"--checkpoint.dirpath={tmp_path / 'ck'}",
          f"--trainer.logger.init_args.save_dir={tmp_path}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
