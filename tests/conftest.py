@@ -29,7 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 #: starts with two files (xdist's loadfile prefetch): with two workers, the 1st and 3rd go to one of them.
 LONGEST_FIRST = ("test_learning.py",  # ~425 s: the 500-step demo fit
                  "test_training.py",  # ~250 s: SIGKILL / resume runs
-                 "test_learning_control.py")  # ~130 s
+                 "test_learning_control.py",  # ~130 s
+                 "test_preemption.py",  # ~100 s: four real SIGTERMs
+                 "test_label_only_recipe.py",  # ~60 s: SFT then GRPO, each resumed
+                 "test_ddp.py")  # ~70 s: real 2-process DDP
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

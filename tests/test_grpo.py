@@ -19,10 +19,9 @@ from nlicot.args import GenerationConfig, LoRAConfig, OptimConfig, ScheduleConfi
 from nlicot.checkpointing import AdapterExport, AtomicCheckpointIO
 from nlicot.data import NLICoTDataModule
 from nlicot.generation import Generated
-from nlicot.grpo import (
+from nlicot.grpo import GRPOConfig, GRPOModule
+from nlicot.grpo_objective import (
     KL_CLAMP,
-    GRPOConfig,
-    GRPOModule,
     GRPOSettingsError,
     adapter_sha256,
     answer_format_ok,
