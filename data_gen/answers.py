@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from data_gen.prompts import SCORE_KEYS, flat
-from data_gen.workflow import InvalidAnswer
+from data_gen.row_workflow import InvalidAnswer
 from nlicot.parsing import extract_prediction, json_objects, label_from_value
 from nlicot.thoughts import (  # noqa: F401 (verdict_of, stated_verdict, split_steps: data_gen's API, tested there)
     conclusion_of,

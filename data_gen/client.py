@@ -35,7 +35,7 @@ from data_gen import sdk_models
 from data_gen.config import ApiStageConfig, check_server_url
 from data_gen.errors import FatalAPIError, RequestFailed, ServerUnreachable, redact
 from data_gen.ledger import Ledger
-from data_gen.workflow import ChatRequest, Reply
+from data_gen.row_workflow import ChatRequest, Reply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

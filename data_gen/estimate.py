@@ -19,8 +19,8 @@ from typing import Any
 from data_gen import prompts
 from data_gen.config import ApiStageConfig
 from data_gen.ledger import TEMPLATE_TOKENS_PER_MESSAGE, Ledger
+from data_gen.row_workflow import MAX_REASON_CHARS, ApiStage, ChatRequest
 from data_gen.store import Record
-from data_gen.workflow import MAX_REASON_CHARS, ApiStage, ChatRequest
 
 SAMPLE = 2000  # rows tokenized; larger stages are extrapolated from an even sample
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from data_gen.config import Price
 from data_gen.errors import BudgetExhausted, ConfigError
+from data_gen.row_workflow import Reply
 from data_gen.store import Journal
-from data_gen.workflow import Reply
 
 #: Tokens a chat template may add per message ([INST], [/INST], BOS/EOS, a leading space piece) and per request.
 TEMPLATE_TOKENS_PER_MESSAGE = 8

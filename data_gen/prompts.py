@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from data_gen.workflow import Message
+from data_gen.row_workflow import Message
 
 LABEL_NAMES = {1: "entailment", 0: "no entailment"}
 REPROMPT_PREFIX = "Your reply could not be used:"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.errors import InputError, OutputLocked
-from data_gen.workflow import Reply
+from data_gen.row_workflow import Reply
 from nlicot.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)

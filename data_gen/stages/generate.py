@@ -11,9 +11,9 @@ from pathlib import Path
 from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
 from data_gen.errors import ConfigError, InputError
-from data_gen.runner import run_stage
+from data_gen.row_workflow import ApiStage, ChatRequest, Workflow, ask
+from data_gen.stage_runner import run_stage
 from data_gen.store import Record
-from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 from nlicot.corpus import CorpusError, load_rows
 
 log = logging.getLogger(__name__)

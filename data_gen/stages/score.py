@@ -16,9 +16,9 @@ from data_gen import answers, prompts
 from data_gen.config import ApiStageConfig
 from data_gen.errors import BudgetExhausted, ConfigError, RowFailed
 from data_gen.results import GENERATED_FIELDS, THOUGHT_FIELDS, candidates, read_results
-from data_gen.runner import run_stage
+from data_gen.row_workflow import ApiStage, ChatRequest, Workflow, ask
+from data_gen.stage_runner import run_stage
 from data_gen.store import Record
-from data_gen.workflow import ApiStage, ChatRequest, Workflow, ask
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from replay_server import load_cases
 
 from data_gen import answers
-from data_gen.workflow import InvalidAnswer
+from data_gen.row_workflow import InvalidAnswer
 
 CASES = load_cases()
 GOOD = "step 1: The premise says a man sleeps. step 2: Sleeping is resting. step 3: entailment, because sleeping is a way of resting."

@@ -28,7 +28,7 @@ from data_gen.errors import (
     redact,
 )
 from data_gen.ledger import Ledger
-from data_gen.workflow import ChatRequest
+from data_gen.row_workflow import ChatRequest
 
 PRICES = {"m": Price(1.0, 2.0)}
 

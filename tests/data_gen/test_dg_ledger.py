@@ -10,7 +10,7 @@ from data_gen.config import Price
 from data_gen.errors import BudgetExhausted, ConfigError
 from data_gen.estimate import prompt_tokens
 from data_gen.ledger import Ledger, prompt_token_bound
-from data_gen.workflow import ChatRequest
+from data_gen.row_workflow import ChatRequest
 
 PRICES = {"m": Price(input_per_million=2.0, output_per_million=6.0)}
 

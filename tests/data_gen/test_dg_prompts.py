@@ -9,7 +9,7 @@ from fake_api import FakeMistral
 
 from data_gen import answers, prompts
 from data_gen.errors import RowFailed
-from data_gen.workflow import ChatRequest, InvalidAnswer, Reply, ask
+from data_gen.row_workflow import ChatRequest, InvalidAnswer, Reply, ask
 
 GOOD = "step 1: The premise says a man sleeps. step 2: Sleeping is resting. step 3: entailment, because sleeping is a way of resting."
 

@@ -8,9 +8,9 @@ import pytest
 
 from data_gen import prompts
 from data_gen.errors import BudgetExhausted
+from data_gen.row_workflow import Reply
 from data_gen.stages import score
 from data_gen.stages.score import ScoreConfig
-from data_gen.workflow import Reply
 
 
 def _thoughts(tmp_path, fake_api, rows_file, dg, flags):

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from data_gen import estimate
-from data_gen.batch import run_batch
+from data_gen.batch_api import run_batch
 from data_gen.client import MistralClient
 from data_gen.config import ApiStageConfig, check_server_url
 from data_gen.errors import (
@@ -34,6 +34,7 @@ from data_gen.errors import (
 )
 from data_gen.ledger import Ledger
 from data_gen.progress import RowProgress
+from data_gen.row_workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 from data_gen.store import (
     OutputLock,
     Record,
@@ -44,7 +45,6 @@ from data_gen.store import (
     failed_record,
     sidecar,
 )
-from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from data_gen.client import TERMINAL_JOB_STATES, MistralClient, text_of
 from data_gen.config import ApiStageConfig
 from data_gen.errors import BudgetExhausted, InputError, RowFailed
 from data_gen.progress import RowProgress
+from data_gen.row_workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 from data_gen.store import (
     Record,
     RowStore,
@@ -36,7 +37,6 @@ from data_gen.store import (
     failed_record,
     sidecar,
 )
-from data_gen.workflow import ApiStage, ChatRequest, Reply, Workflow, replay
 
 log = logging.getLogger(__name__)
 
