@@ -27,6 +27,20 @@ def config_max_length(config: str) -> int:
     return int(yaml.safe_load((REPO / "configs" / config).read_text())["data"]["max_length"])
 
 
+def nlicot_cli(*args: str) -> float:
+    """Run ``python -m nlicot …`` in the repo; return its wall seconds (exits with its stderr on failure)."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "nlicot", *args, "--trainer.enable_progress_bar=false"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: python -m nlicot {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -130,9 +144,11 @@ def add_start_arguments(parser: Any) -> None:
                         help="length of the shared under-trained SFT start (ignored with --adapter)")
 
 
-def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test") -> dict[str, Any]:
+def greedy_test_eval(adapter: Path | None, rows: int | None = None, split: str = "test", data_dir: Path = SYNTH,
+                     base: str | None = None) -> dict[str, Any]:
     """Greedy accuracy (parse failures count as wrong, overall and by phenomenon), parse rate and mean generated
-    tokens of an adapter folder on the first ``rows`` rows of ``data/synth/<split>.jsonl``."""
+    tokens of an adapter folder on the first ``rows`` rows of ``<data_dir>/<split>.jsonl``; ``adapter=None`` with
+    ``base`` = the base model alone (zero-shot, same prompt), frozen in NF4 as in training."""
     import json
 
     from nlicot.args import GenerationConfig
@@ -140,15 +156,18 @@ def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test"
     from nlicot.prompt import encode_prompts
     from nlicot.sft import NLICoTModule
 
-    base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
-    module = NLICoTModule(base, compute_dtype="float32", gradient_checkpointing=False, adapter_path=str(adapter),
+    if adapter is not None:
+        base = json.loads((adapter / "nlicot.json").read_text())["base_model"]
+    module = NLICoTModule(base, compute_dtype="float32", gradient_checkpointing=False,
+                          adapter_path=None if adapter is None else str(adapter),
                           generation=GenerationConfig(max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=32))
     module.configure_model()
-    data = load_rows(str(SYNTH / f"{split}.jsonl"), split=split)[:rows]
+    path = data_dir / f"{split}.jsonl"
+    data = load_rows(str(path), split=split)[:rows]
     ids = encode_prompts(module.tokenizer, [r["premise"] for r in data], [r["hypothesis"] for r in data])
     recs = module.predict_records([dict(r, prompt_ids=p) for r, p in zip(data, ids, strict=True)])
     n = len(recs)
-    phenomenon = {r["id"]: r["phenomenon"] for r in map(json.loads, (SYNTH / f"{split}.jsonl").open())}
+    phenomenon = {r["id"]: r["phenomenon"] for r in map(json.loads, path.open())}
     by_kind: dict[str, list[bool]] = {}
     for rec in recs:
         by_kind.setdefault(phenomenon[rec["id"]], []).append(rec["predicted_label"] == rec["label"])
@@ -157,6 +176,7 @@ def greedy_test_eval(adapter: Path, rows: int | None = None, split: str = "test"
         "accuracy": sum(r["predicted_label"] == r["label"] for r in recs) / n,
         "parse_rate": sum(r["parse_ok"] for r in recs) / n,
         "generated_tokens": sum(r["generated_tokens"] for r in recs) / n,
+        "predicted": {str(k): sum(r["predicted_label"] == k for r in recs) for k in (0, 1, None)},  # a collapse shows
         "by_phenomenon": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_kind.items())},
     }
 
@@ -167,5 +187,8 @@ def quiet_logs() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars, one per model load
     logging.getLogger("lightning").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

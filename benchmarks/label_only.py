@@ -16,7 +16,9 @@ Method (the table says what was tuned on what):
     exceeds ``--budget-minutes`` is excluded; the best val candidate is the configuration's final setting;
   * the final setting is trained once per seed (seed → ``seed_everything``, ``data.thought_seed``,
     ``model.sample_seed``: the thought subset changes with the seed too) and evaluated on **test** once per seed;
-  * mean ± sd (sample sd) of test accuracy over the seeds is printed, with the val figure it was chosen by.
+  * mean ± sd (sample sd) of test accuracy over the seeds is printed, with the val figure it was chosen by;
+  * stage-wise: (c) takes the SFT setting val chose for (b) (the same 10 % of thoughts, the very same adapters, whose
+    minutes still count in (c)'s) and searches only ``--grpo-grid`` on val.
 Beside it: what data_gen's dry-run estimator (data_gen/estimate.py) prices generate + reflect at for ``--rows``
 rows at 100 % vs 10 % thoughts (reflect re-asks only the rows whose first label was wrong: ``--wrong-share``, an
 assumption printed with the figure).
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import REPO, SYNTH, greedy_test_eval, machine, quiet_logs
+
+from nlicot.atomic import atomic_write_text
 
 #: Candidates per configuration: SFT (steps, LR) and GRPO (steps, LR). Small on purpose: each is a full fit.
 SFT_GRID = {"a": [(300, 3e-3), (500, 3e-3)], "b": [(100, 3e-3), (200, 3e-3)], "d": [(150, 3e-3), (300, 3e-3)]}
@@ -57,6 +61,21 @@ def fit(config: str, out: Path, args: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def sft_fit(fraction: float, sft: tuple[int, float], seed: int, work: Path, seeds: list[str],
+            small: list[str]) -> tuple[Path, float]:
+    """One SFT fit, shared by every configuration with the same (fraction, steps, LR, seed): (c) starts from the
+    very adapter (b) measured. Its wall seconds still count in each configuration's minutes and budget."""
+    (steps, lr), out = sft, work / f"sft-f{fraction}-n{sft[0]}-lr{sft[1]}-s{seed}"
+    done = out / "seconds.txt"
+    if not done.is_file():
+        seconds = fit("sft_fraction.yaml", out, [
+            *seeds, f"--data.thought_fraction={fraction}", f"--trainer.max_steps={steps}",
+            f"--checkpoint.every_n_train_steps={steps}", f"--model.optim.learning_rate={lr}",
+            *[a for a in small if a.startswith(("--trainer", "--generation", "--data"))]])
+        done.write_text(f"{seconds}")
+    return out / "ckpt" / "adapter", float(done.read_text())
+
+
 def run_config(name: str, sft: tuple[int, float] | None, grpo: tuple[int, float] | None, seed: int, out: Path,
                smoke: bool) -> tuple[Path, float]:
     """Train one configuration with one candidate and seed: the final adapter folder and the wall seconds."""
@@ -64,12 +83,8 @@ def run_config(name: str, sft: tuple[int, float] | None, grpo: tuple[int, float]
     small = SMOKE_FIT if smoke else []
     seconds, adapter = 0.0, None
     if sft is not None:
-        steps, lr = sft
-        seconds += fit("sft_fraction.yaml", out / "sft", [
-            *seeds, f"--data.thought_fraction={FRACTION[name]}", f"--trainer.max_steps={steps}",
-            f"--checkpoint.every_n_train_steps={steps}", f"--model.optim.learning_rate={lr}",
-            *[a for a in small if a.startswith(("--trainer", "--generation", "--data"))]])
-        adapter = out / "sft" / "ckpt" / "adapter"
+        adapter, sft_seconds = sft_fit(FRACTION[name], sft, seed, out.parent, seeds, small)
+        seconds += sft_seconds
     if grpo is not None:
         steps, lr = grpo
         rows = [f"--data.thought_fraction={FRACTION[name]}", "--data.prompts=label_only"] if name in ("c", "d") \
@@ -83,18 +98,29 @@ def run_config(name: str, sft: tuple[int, float] | None, grpo: tuple[int, float]
     return adapter, seconds
 
 
-def candidates(name: str, smoke: bool) -> list[tuple[tuple[int, float] | None, tuple[int, float] | None]]:
-    """(SFT candidate, GRPO candidate) pairs of a configuration; (c) reuses (b)'s SFT grid, (d) its own."""
+Setting = tuple[int, float]
+
+
+def candidates(name: str, smoke: bool, grpo_grid: list[Setting],
+               chosen_sft: dict[float, Setting]) -> list[tuple[Setting | None, Setting | None]]:
+    """(SFT candidate, GRPO candidate) pairs of a configuration; (c) reuses (b)'s SFT grid, (d) its own.
+
+    Stage-wise tuning: where an SFT-only configuration with the same thought fraction was measured earlier in the
+    run ((b) before (c)), its val-chosen SFT setting is the SFT stage and only GRPO is searched (on val).
+    """
     if smoke:
         return [((2, 3e-3) if name != "e" else None, (2, 3e-4) if name in ("c", "d", "e") else None)]
     sft = {"a": SFT_GRID["a"], "b": SFT_GRID["b"], "c": SFT_GRID["b"], "d": SFT_GRID["d"], "e": [None]}[name]
-    grpo = GRPO_GRID if name in ("c", "d", "e") else [None]
+    if name in ("c", "d") and FRACTION[name] in chosen_sft:
+        sft = [chosen_sft[FRACTION[name]]]
+    grpo = grpo_grid if name in ("c", "d", "e") else [None]
     return [(s, g) for s in sft for g in grpo]
 
 
-def measure(name: str, seeds: list[int], budget_s: float, rows: int | None, work: Path, smoke: bool) -> dict[str, Any]:
+def measure(name: str, seeds: list[int], budget_s: float, rows: int | None, work: Path, smoke: bool,
+            grpo_grid: list[Setting], chosen_sft: dict[float, Setting]) -> dict[str, Any]:
     tried = []
-    for i, (sft, grpo) in enumerate(candidates(name, smoke)):
+    for i, (sft, grpo) in enumerate(candidates(name, smoke, grpo_grid, chosen_sft)):
         adapter, seconds = run_config(name, sft, grpo, seeds[0], work / f"{name}-cand{i}-s{seeds[0]}", smoke)
         val = greedy_test_eval(adapter, rows, split="val")["accuracy"]
         tried.append({"sft": sft, "grpo": grpo, "seconds": seconds, "val_accuracy": val, "adapter": adapter,
@@ -113,6 +139,7 @@ def measure(name: str, seeds: list[int], budget_s: float, rows: int | None, work
             adapter, secs = run_config(name, best["sft"], best["grpo"], seed, work / f"{name}-final-s{seed}", smoke)
         tests.append(greedy_test_eval(adapter, rows, split="test")["accuracy"])  # test: once per final config+seed
         seconds.append(secs)
+        print(f"  ({name}) seed {seed}: test {tests[-1]:.3f} in {secs / 60:.1f} min", flush=True)
     return {"config": name, "sft": best["sft"], "grpo": best["grpo"], "val_accuracy": best["val_accuracy"],
             "test_accuracy": tests, "mean": statistics.mean(tests),
             "sd": statistics.stdev(tests) if len(tests) > 1 else 0.0, "minutes": [s / 60 for s in seconds],
@@ -167,18 +194,26 @@ def main() -> None:
     parser.add_argument("--cost-rows", type=int, default=40_000, help="rows priced by the estimator")
     parser.add_argument("--wrong-share", type=float, default=0.2, help="share of generate's labels assumed wrong")
     parser.add_argument("--smoke", action="store_true", help="wiring check: 2-step fits, 8 rows, one candidate")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--grpo-grid", nargs="+", default=[f"{n}:{lr:g}" for n, lr in GRPO_GRID],
+                        help="GRPO candidates as STEPS:LR (each a full fit per SFT candidate)")
+    parser.add_argument("--json", type=Path, default=None, help="results, rewritten after every configuration")
     args = parser.parse_args()
     quiet_logs()
     rows = 8 if args.smoke else args.rows
     cost_rows = 200 if args.smoke else args.cost_rows
     budget = args.budget_minutes * 60
-    results = []
+    grpo_grid = [(int(n), float(lr)) for n, lr in (g.split(":") for g in args.grpo_grid)]
+    results: list[dict[str, Any]] = []
+    chosen_sft: dict[float, Setting] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.configs:
             print(f"({name}) …", flush=True)
-            results.append(measure(name, args.seeds, budget, rows, work, args.smoke))
+            results.append(measure(name, args.seeds, budget, rows, work, args.smoke, grpo_grid, chosen_sft))
+            if "error" not in results[-1] and results[-1]["grpo"] is None:
+                chosen_sft[FRACTION[name]] = results[-1]["sft"]
+            if args.json:
+                atomic_write_text(args.json, json.dumps({"results": results}, indent=1, default=str))
         full = estimate_cost(cost_rows, args.wrong_share, work / "cost100")
         tenth = estimate_cost(cost_rows // 10, args.wrong_share, work / "cost10")
     print(f"\nlabel-only benchmark ({'SMOKE: not a measurement' if args.smoke else 'measured'}); {machine()}")
@@ -201,8 +236,8 @@ def main() -> None:
           f"{cost_rows} rows with thoughts: generate {full['generate']} + reflect {full['reflect']}; "
           f"10 % ({cost_rows // 10} rows): generate {tenth['generate']} + reflect {tenth['reflect']}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "cost": {"all": full, "tenth": tenth}}, indent=1,
-                                        default=str))
+        atomic_write_text(args.json, json.dumps({"results": results, "cost": {"all": full, "tenth": tenth}},
+                                                indent=1, default=str))
 
 
 if __name__ == "__main__":

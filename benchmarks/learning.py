@@ -25,27 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import REPO, machine
+from _common import REPO, machine, nlicot_cli
 
 CONFIG = REPO / "configs" / "demo.yaml"
 SYNTH = REPO / "data" / "synth"
-
-
-def _cli(*args: str) -> float:
-    """Run ``python -m nlicot …`` in the repo; return its wall seconds (raises with stderr on failure)."""
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "nlicot", *args, "--trainer.enable_progress_bar=false"],
-                          cwd=REPO, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: python -m nlicot {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
 
 
 def shuffled_train(dest: Path, seed: int = 0) -> Path:
@@ -108,9 +96,9 @@ def score(predictions: Path) -> dict:
 def run(name: str, root: Path, steps: int, *overrides: str) -> dict:
     """fit ``steps`` optimizer steps, then predict the test split; wall seconds of both, scores, curve."""
     ckpt, tb, pred = root / name / "ckpt", root / name / "tb", root / name / "pred"
-    fit_s = _cli("fit", "--config", str(CONFIG), f"--trainer.max_steps={steps}", f"--checkpoint.dirpath={ckpt}",
+    fit_s = nlicot_cli("fit", "--config", str(CONFIG), f"--trainer.max_steps={steps}", f"--checkpoint.dirpath={ckpt}",
                  f"--trainer.logger.init_args.save_dir={tb}", "--trainer.logger.init_args.name=run", *overrides)
-    test_s = _cli("predict", "--config", str(CONFIG), f"--ckpt_path={ckpt / 'last.ckpt'}",
+    test_s = nlicot_cli("predict", "--config", str(CONFIG), f"--ckpt_path={ckpt / 'last.ckpt'}",
                   f"--predictions.output_dir={pred}", f"--data.predict_path={SYNTH / 'test.jsonl'}", *overrides)
     result = score(pred / "predictions.jsonl") | {"fit_s": fit_s, "test_s": test_s,
                                                    "curve": learning_curve(tb / "run")}

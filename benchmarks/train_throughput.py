@@ -1,11 +1,13 @@
 """Training throughput: real (non-padding) tokens per second of nlicot vs TRL's SFTTrainer, same model, same data.
 
-    python benchmarks/train_throughput.py [--steps 4] [--warmup 1] [--copies 8] [--rounds 2]
+    python benchmarks/train_throughput.py [--config demo.yaml] [--steps 4] [--warmup 1] [--copies 8] [--rounds 2]
+    python benchmarks/train_throughput.py --config smollm2.yaml     # a real pretrained base (the real extra)
 
-Three runs, each in its own process (so peak RSS is its own), on the tiny NF4 Mistral (``resolve_model_path("tiny")``,
-bitsandbytes 4-bit NF4 + double quant, fp32 compute, CPU) with the same LoRA (r=16, alpha=32, dropout 0.05,
-q/k/v/o), AdamW, gradient clipping 1.0, 2-step gradient accumulation, no gradient checkpointing, and the same
-token ids (prompt = ``encode_prompts``, completion = ``encode_answers``; loss on the answer only):
+Three runs, each in its own process (so peak RSS is its own), on the base model of ``configs/<--config>`` (tiny-nli
+for the demo; SmolLM2-135M-Instruct from its GGUF for smollm2.yaml; bitsandbytes 4-bit NF4 + double quant, fp32
+compute, CPU) with that config's LoRA (r, alpha, dropout, target modules) and row width, AdamW, gradient clipping
+1.0, 2-step gradient accumulation, no gradient checkpointing, and the same token ids (prompt = ``encode_prompts``,
+completion = ``encode_answers``, through the base's own template; loss on the answer only):
 
 * ``trl-padded``  TRL 1.16 ``SFTTrainer``, packing off: padded batches (the seed's setup). Micro-batch =
                   nlicot's rows x examples per packed row, so both see about the same tokens per step.
@@ -13,7 +15,7 @@ token ids (prompt = ``encode_prompts``, completion = ``encode_answers``; loss on
                   the micro-batch's packed rows are flattened into one sequence with restarting position_ids.
                   On sdpa, transformers turns those position_ids into a block-diagonal mask, so examples stay
                   isolated (checked in the run, printed as max |logit difference| vs the example alone).
-* ``nlicot``      ``python -m nlicot fit --config configs/demo.yaml`` (in process, same CLI and overrides):
+* ``nlicot``      ``python -m nlicot fit --config configs/<--config>`` (in process, same CLI and overrides):
                   BFD packs, length-grouped batches, 4-D block-causal mask, LM head on answer tokens only.
 
 Data: ``data/demo/train.jsonl`` replicated ``--copies`` times (ids made unique). Timing covers ``--steps``
@@ -35,9 +37,12 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import yaml
 from _common import REPO, config_max_length, peak_rss_mib
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -45,9 +50,26 @@ warnings.filterwarnings("ignore", message="'set_vital' is deprecated")  # torchd
 
 ENGINES = ("trl-padded", "trl-packed", "nlicot")
 MICRO_BATCH, ACCUMULATE = 4, 2
-MAX_LENGTH = config_max_length("demo.yaml")  # the row width both engines pack to: the demo recipe's
-LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-LEARNING_RATE = 1e-2
+LEARNING_RATE = 1e-3  # speed does not depend on it; both engines use it
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What both engines take from the config: the base, the row width it packs to and its LoRA."""
+
+    config: str
+    model: str
+    max_length: int
+    lora: dict[str, Any]
+
+    @classmethod
+    def read(cls, config: str) -> Recipe:
+        cfg = yaml.safe_load((REPO / "configs" / config).read_text())
+        model = cfg["model"].get("init_args", cfg["model"])
+        lora = model["lora"]
+        return cls(config, model["model_name_or_path"], config_max_length(config),
+                   dict(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.05),
+                        target_modules=list(lora["target_modules"])))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- measurement
@@ -92,12 +114,12 @@ class StepClock(L.Callback):
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def run_nlicot(data: Path, out: Path, warmup: int, steps: int, tmp: Path) -> None:
-    """The real CLI path, in this process, with the demo config and a step clock."""
+def run_nlicot(recipe: Recipe, data: Path, out: Path, warmup: int, steps: int, tmp: Path) -> None:
+    """The real CLI path, in this process, with the recipe's config and a step clock."""
     from nlicot.cli import main
 
     main([
-        "fit", "--config", str(REPO / "configs" / "demo.yaml"),
+        "fit", "--config", str(REPO / "configs" / recipe.config), f"--model.optim.learning_rate={LEARNING_RATE}",
         f"--data.train_path={data}", "--data.val_path=null", "--data.test_path=null",
         f"--data.micro_batch_size={MICRO_BATCH}", f"--trainer.accumulate_grad_batches={ACCUMULATE}",
         f"--trainer.max_steps={warmup + steps}", "--trainer.limit_val_batches=0",
@@ -109,27 +131,27 @@ def run_nlicot(data: Path, out: Path, warmup: int, steps: int, tmp: Path) -> Non
     ])  # fmt: skip
 
 
-def token_ids(data: Path) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompt and answer ids of every row, through nlicot's one template (what TRL is given too)."""
+def token_ids(recipe: Recipe, data: Path) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and answer ids of every row, through nlicot's template for this base (what TRL is given too)."""
     from nlicot.corpus import load_rows
     from nlicot.hub import load_tokenizer
     from nlicot.prompt import encode_answers, encode_prompts
 
-    tokenizer = load_tokenizer("tiny")
+    tokenizer = load_tokenizer(recipe.model)
     rows = load_rows(str(data))
     prompts = encode_prompts(tokenizer, [r["premise"] for r in rows], [r["hypothesis"] for r in rows])
     answers = encode_answers(tokenizer, [r["thought_process"] for r in rows], [r["label"] for r in rows])
     return prompts, answers
 
 
-def examples_per_pack(data: Path) -> float:
-    """How many examples nlicot packs into one ``MAX_LENGTH``-token row of this corpus (sets TRL's padded
+def examples_per_pack(recipe: Recipe, data: Path) -> float:
+    """How many examples nlicot packs into one ``max_length``-token row of this corpus (sets TRL's padded
     micro-batch)."""
     from nlicot.packing import pack_examples
 
-    prompts, answers = token_ids(data)
+    prompts, answers = token_ids(recipe, data)
     lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
-    return len(lengths) / len(pack_examples(lengths, MAX_LENGTH))
+    return len(lengths) / len(pack_examples(lengths, recipe.max_length))
 
 
 def isolation_gap(trainer) -> float:
@@ -152,7 +174,8 @@ def isolation_gap(trainer) -> float:
     return float((packed - alone).abs().max())
 
 
-def run_trl(data: Path, out: Path, warmup: int, steps: int, tmp: Path, packed: bool, micro_batch: int) -> None:
+def run_trl(recipe: Recipe, data: Path, out: Path, warmup: int, steps: int, tmp: Path, packed: bool,
+            micro_batch: int) -> None:
     """TRL's SFTTrainer on the same ids, model, LoRA and optimizer settings."""
     import datasets
     import torch
@@ -178,27 +201,27 @@ def run_trl(data: Path, out: Path, warmup: int, steps: int, tmp: Path, packed: b
         def on_step_end(self, args, state, control, **kwargs):
             meter.step_done()
 
-    prompts, answers = token_ids(data)
-    keep = [i for i, (p, a) in enumerate(zip(prompts, answers, strict=True)) if len(p) + len(a) <= MAX_LENGTH]
+    prompts, answers = token_ids(recipe, data)
+    keep = [i for i, (p, a) in enumerate(zip(prompts, answers, strict=True)) if len(p) + len(a) <= recipe.max_length]
     dataset = datasets.Dataset.from_dict({
         "input_ids": [prompts[i] + answers[i] for i in keep],
         "labels": [[IGNORE_INDEX] * len(prompts[i]) + answers[i] for i in keep],
     })  # fmt: skip
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny"), quantization_config=quant,
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(recipe.model), quantization_config=quant,
                                                  dtype=torch.float32, attn_implementation="sdpa",
                                                  device_map={"": "cpu"})  # fmt: skip
     config = SFTConfig(
         output_dir=str(tmp / "trl"), max_steps=warmup + steps, per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=ACCUMULATE, learning_rate=LEARNING_RATE, weight_decay=0.0, max_grad_norm=1.0,
         optim="adamw_torch", lr_scheduler_type="constant", gradient_checkpointing=False, bf16=False, fp16=False,
-        use_cpu=True, max_length=MAX_LENGTH, packing=packed, packing_strategy="bfd", report_to=[],
+        use_cpu=True, max_length=recipe.max_length, packing=packed, packing_strategy="bfd", report_to=[],
         save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, seed=42,
     )  # fmt: skip
     trainer = CountingSFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer("tiny"),
-        peft_config=LoraConfig(bias="none", task_type="CAUSAL_LM", **LORA), callbacks=[StepEnd()],
+        model=model, args=config, train_dataset=dataset, processing_class=load_tokenizer(recipe.model),
+        peft_config=LoraConfig(bias="none", task_type="CAUSAL_LM", **recipe.lora), callbacks=[StepEnd()],
     )  # fmt: skip
     for param in trainer.model.parameters():  # TRL made the LoRA weights bf16; compute in fp32 like nlicot
         if param.requires_grad:
@@ -223,7 +246,7 @@ def replicate_demo(dest: Path, copies: int) -> None:
 
 def run_worker(engine: str, args: argparse.Namespace, data: Path, tmp: Path, micro_batch: int) -> dict:
     out = tmp / f"{engine}.json"
-    cmd = [sys.executable, __file__, "--worker", engine, "--data", str(data), "--out", str(out),
+    cmd = [sys.executable, __file__, "--worker", engine, "--config", args.config, "--data", str(data), "--out", str(out),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--trl-micro-batch", str(micro_batch)]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -236,6 +259,7 @@ def run_worker(engine: str, args: argparse.Namespace, data: Path, tmp: Path, mic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="demo.yaml", help="recipe under configs/: its base, LoRA, row width")
     parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first (>= 1)")
     parser.add_argument("--copies", type=int, default=8, help="times the 120-row demo train split is repeated")
@@ -247,21 +271,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
+    recipe = Recipe.read(args.config)
 
     if args.worker:
         with tempfile.TemporaryDirectory(prefix="nlicot-bench-") as tmp:
             if args.worker == "nlicot":
-                run_nlicot(args.data, args.out, args.warmup, args.steps, Path(tmp))
+                run_nlicot(recipe, args.data, args.out, args.warmup, args.steps, Path(tmp))
             else:
                 packed = args.worker == "trl-packed"
-                run_trl(args.data, args.out, args.warmup, args.steps, Path(tmp), packed,
+                run_trl(recipe, args.data, args.out, args.warmup, args.steps, Path(tmp), packed,
                         MICRO_BATCH if packed else args.trl_micro_batch)  # fmt: skip
         return
 
     with tempfile.TemporaryDirectory(prefix="nlicot-bench-") as tmp:
         data = Path(tmp) / "train.jsonl"
         replicate_demo(data, args.copies)
-        per_pack = examples_per_pack(data)
+        per_pack = examples_per_pack(recipe, data)
         padded_batch = round(MICRO_BATCH * per_pack)
         best: dict[str, dict] = {}
         for _ in range(args.rounds):
@@ -273,10 +298,12 @@ def main() -> None:
 
     import torch
 
-    print(f"tiny NF4 Mistral + LoRA r16 (q/k/v/o), fp32, CPU ({torch.get_num_threads()} threads), demo corpus x"
+    lora = recipe.lora
+    print(f"{recipe.model} (configs/{recipe.config}) in NF4 + LoRA r{lora['r']} ({'/'.join(lora['target_modules'])}, "
+          f"dropout {lora['lora_dropout']}), fp32, CPU ({torch.get_num_threads()} threads), demo corpus x"
           f"{args.copies}; {args.steps} timed optimizer steps after {args.warmup} warm-up; accumulate {ACCUMULATE}; "
           f"fastest of {args.rounds} round(s)")  # fmt: skip
-    print(f"micro-batch: nlicot and trl-packed {MICRO_BATCH} packed rows of <= {MAX_LENGTH} tokens; "
+    print(f"micro-batch: nlicot and trl-packed {MICRO_BATCH} packed rows of <= {recipe.max_length} tokens; "
           f"trl-padded {padded_batch} examples (= {MICRO_BATCH} x {per_pack:.2f} examples per packed row)")
     print(f"{'run':<12} {'real tok/s':>10} {'supervised/s':>12} {'real share':>10} {'tok/step':>8} "
           f"{'peak RSS':>9} {'wall':>6}")  # fmt: skip
