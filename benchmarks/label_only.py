@@ -33,11 +33,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, SYNTH, greedy_test_eval, machine, quiet_logs
+from _common import REPO, SYNTH, greedy_test_eval, machine, nlicot_cli, quiet_logs
 
 from nlicot.atomic import atomic_write_text
 
@@ -51,28 +50,24 @@ SMOKE_FIT = ["--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--mod
 
 def fit(config: str, out: Path, args: list[str]) -> float:
     """Wall seconds of one ``python -m nlicot fit`` (the budget counts everything a user waits for)."""
-    cmd = [sys.executable, "-m", "nlicot", "fit", "--config", str(REPO / "configs" / config),
-           f"--trainer.default_root_dir={out}", f"--checkpoint.dirpath={out / 'ckpt'}",
-           "--trainer.limit_val_batches=0", "--generation_eval.rows=0", "--trainer.enable_progress_bar=false", *args]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {config} fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return nlicot_cli("fit", "--config", str(REPO / "configs" / config), f"--trainer.default_root_dir={out}",
+                      f"--checkpoint.dirpath={out / 'ckpt'}", "--trainer.limit_val_batches=0",
+                      "--generation_eval.rows=0", *args)  # fmt: skip
 
 
 def sft_fit(fraction: float, sft: tuple[int, float], seed: int, work: Path, seeds: list[str],
             small: list[str]) -> tuple[Path, float]:
     """One SFT fit, shared by every configuration with the same (fraction, steps, LR, seed): (c) starts from the
     very adapter (b) measured. Its wall seconds still count in each configuration's minutes and budget."""
-    (steps, lr), out = sft, work / f"sft-f{fraction}-n{sft[0]}-lr{sft[1]}-s{seed}"
+    steps, lr = sft
+    out = work / f"sft-f{fraction}-n{steps}-lr{lr}-s{seed}"
     done = out / "seconds.txt"
     if not done.is_file():
         seconds = fit("sft_fraction.yaml", out, [
             *seeds, f"--data.thought_fraction={fraction}", f"--trainer.max_steps={steps}",
             f"--checkpoint.every_n_train_steps={steps}", f"--model.optim.learning_rate={lr}",
             *[a for a in small if a.startswith(("--trainer", "--generation", "--data"))]])
-        done.write_text(f"{seconds}")
+        atomic_write_text(done, f"{seconds}")
     return out / "ckpt" / "adapter", float(done.read_text())
 
 
